@@ -1,0 +1,118 @@
+//! The command line: every setting is a flag and an environment variable (the contract's
+//! names). Parsing into typed configuration happens in `config.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clerk-sync",
+    version,
+    about = "Owns the signup write path: Clerk webhooks, verified and provisioned exactly once.",
+    long_about = "clerk-sync receives Clerk's Svix-signed user webhooks, records each event once, \
+creates the user with their signup credits, writes the credit ledger and queues the Clerk \
+metadata update, all in one database transaction. PostgreSQL in production, SQLite by default.\n\n\
+Start with `clerk-sync serve`, then `clerk-sync send` in another terminal."
+)]
+pub struct Cli {
+    /// Log format: `pretty` on a terminal, `json` otherwise. Filter with RUST_LOG.
+    #[arg(long, env = "LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service and the outbox worker (applies pending migrations first).
+    Serve(ServeArgs),
+    /// Apply the embedded migrations; adopts a database the Prisma app already uses.
+    Migrate(DatabaseArgs),
+    /// Send a correctly signed sample `user.created` (or a payload file) to a running server.
+    Send(SendArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// `postgres://user:pass@host/db?sslmode=require[&pgbouncer=true]` or `sqlite://path/to/file.db`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/clerk-sync.db"
+    )]
+    pub database_url: String,
+
+    /// Direct (unpooled) PostgreSQL URL, Prisma's name: used for migrations when set.
+    #[arg(long, env = "DIRECT_URL")]
+    pub direct_url: Option<String>,
+
+    /// Connection pool size [default: cores × 2 + 1].
+    #[arg(long, env = "DATABASE_POOL_MAX")]
+    pub database_pool_max: Option<u32>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Listen address.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Listen port.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Svix signing secret(s) `whsec_…`, separated by spaces during rotation.
+    /// Unset: a development secret is generated once into the data directory and printed.
+    #[arg(long, env = "CLERK_WEBHOOK_SIGNING_SECRET", hide_env_values = true)]
+    pub clerk_webhook_signing_secret: Option<String>,
+
+    /// Clerk Backend API key `sk_…`. Unset: metadata updates stay queued (one warning at start).
+    #[arg(long, env = "CLERK_SECRET_KEY", hide_env_values = true)]
+    pub clerk_secret_key: Option<String>,
+
+    /// Clerk Backend API base URL.
+    #[arg(long, env = "CLERK_API_URL", default_value = "https://api.clerk.com")]
+    pub clerk_api_url: String,
+
+    /// Generations granted on signup.
+    #[arg(long, env = "SIGNUP_CREDITS", default_value_t = 20)]
+    pub signup_credits: i32,
+
+    /// Limit for one database transaction, in milliseconds.
+    #[arg(long, env = "TRANSACTION_TIMEOUT_MS", default_value_t = 5000)]
+    pub transaction_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    /// Webhook endpoint of a running clerk-sync.
+    #[arg(long, default_value = "http://127.0.0.1:3000/api/webhooks/clerk")]
+    pub url: String,
+
+    /// Signing secret; unset: the development secret `serve` keeps in the data directory.
+    #[arg(long, env = "CLERK_WEBHOOK_SIGNING_SECRET", hide_env_values = true)]
+    pub clerk_webhook_signing_secret: Option<String>,
+
+    /// Used only to find the data directory holding the development secret.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/clerk-sync.db"
+    )]
+    pub database_url: String,
+
+    /// A JSON event to send instead of the generated sample `user.created`.
+    #[arg(long)]
+    pub payload: Option<PathBuf>,
+}

@@ -1,0 +1,392 @@
+//! Typed configuration, parsed and validated once at start.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use url::Url;
+
+use crate::cli::{DatabaseArgs, ServeArgs};
+use crate::webhooks::WebhookSecret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {problem}")]
+    Invalid { var: &'static str, problem: String },
+}
+
+fn invalid(var: &'static str, problem: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        problem: problem.to_string(),
+    }
+}
+
+/// A database chosen by the URL's scheme. Anything else is refused, never turned into a
+/// new SQLite file.
+#[derive(Clone)]
+pub enum DatabaseUrl {
+    Postgres {
+        options: PgConnectOptions,
+        /// `pgbouncer=true`: a transaction-mode pooler sits in front, so no named
+        /// prepared statements.
+        pgbouncer: bool,
+        redacted: String,
+    },
+    Sqlite {
+        options: SqliteConnectOptions,
+        path: PathBuf,
+    },
+}
+
+/// Query parameters Prisma puts on its URLs that sqlx does not know.
+const PRISMA_ONLY_PARAMS: &[&str] = &[
+    "pgbouncer",
+    "schema",
+    "connection_limit",
+    "pool_timeout",
+    "connect_timeout",
+    "socket_timeout",
+    "channel_binding",
+    "statement_cache_size",
+];
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            Self::parse_postgres(raw)
+        } else if let Some(rest) = raw.strip_prefix("sqlite:") {
+            Self::parse_sqlite(rest)
+        } else {
+            Err("unsupported scheme: use postgres://, postgresql:// or sqlite://".to_owned())
+        }
+    }
+
+    fn parse_postgres(raw: &str) -> Result<Self, String> {
+        let mut url = Url::parse(raw).map_err(|e| format!("not a valid URL: {e}"))?;
+        let mut pgbouncer = false;
+        let mut schema = None;
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter_map(|(k, v)| {
+                match k.as_ref() {
+                    "pgbouncer" => pgbouncer = v == "true",
+                    "schema" => schema = Some(v.to_string()),
+                    _ => {}
+                }
+                (!PRISMA_ONLY_PARAMS.contains(&k.as_ref()))
+                    .then(|| (k.into_owned(), v.into_owned()))
+            })
+            .collect();
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        let mut options =
+            PgConnectOptions::from_str(url.as_str()).map_err(|e| format!("invalid: {e}"))?;
+        if let Some(schema) = schema.filter(|s| s != "public") {
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        options = options.application_name("clerk-sync");
+        if pgbouncer {
+            options = options.statement_cache_capacity(0);
+        }
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        Ok(Self::Postgres {
+            options,
+            pgbouncer,
+            redacted: shown.to_string(),
+        })
+    }
+
+    fn parse_sqlite(rest: &str) -> Result<Self, String> {
+        let path_part = rest.strip_prefix("//").unwrap_or(rest);
+        let path_part = path_part.split('?').next().unwrap_or_default();
+        if path_part.is_empty() || path_part == ":memory:" {
+            return Err("needs a file path, e.g. sqlite://data/clerk-sync.db".to_owned());
+        }
+        let path = PathBuf::from(path_part);
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        Ok(Self::Sqlite { options, path })
+    }
+
+    /// Where development state (the generated signing secret) lives: next to the SQLite
+    /// file, or `./data` when the database is PostgreSQL.
+    pub fn data_dir(&self) -> PathBuf {
+        match self {
+            Self::Sqlite { path, .. } => path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            Self::Postgres { .. } => PathBuf::from("data"),
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Postgres { .. } => "postgres",
+            Self::Sqlite { .. } => "sqlite",
+        }
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Postgres { redacted, .. } => f.write_str(redacted),
+            Self::Sqlite { path, .. } => write!(f, "sqlite://{}", path.display()),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// A string that never shows in `Debug` output.
+#[derive(Clone)]
+pub struct Redacted<T>(pub T);
+
+impl<T> fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: DatabaseUrl,
+    /// For migrations (session-level advisory locks do not survive a transaction pooler).
+    pub direct_url: Option<DatabaseUrl>,
+    pub pool_max: u32,
+    pub transaction_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    pub fn from_args(
+        args: &DatabaseArgs,
+        transaction_timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        let url = DatabaseUrl::parse(&args.database_url).map_err(|p| invalid("DATABASE_URL", p))?;
+        let direct_url = args
+            .direct_url
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(DatabaseUrl::parse)
+            .transpose()
+            .map_err(|p| invalid("DIRECT_URL", p))?;
+        if let Some(direct) = &direct_url {
+            if direct.backend_name() != url.backend_name() {
+                return Err(invalid(
+                    "DIRECT_URL",
+                    "must use the same database kind as DATABASE_URL",
+                ));
+            }
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let pool_max = args.database_pool_max.unwrap_or(cores * 2 + 1);
+        if pool_max == 0 || pool_max > 1000 {
+            return Err(invalid("DATABASE_POOL_MAX", "must be between 1 and 1000"));
+        }
+        Ok(Self {
+            url,
+            direct_url,
+            pool_max,
+            transaction_timeout,
+        })
+    }
+
+    /// The URL migrations run over.
+    pub fn migration_url(&self) -> &DatabaseUrl {
+        self.direct_url.as_ref().unwrap_or(&self.url)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClerkSettings {
+    pub api_url: Url,
+    pub secret_key: Option<Redacted<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseSettings,
+    pub listen: SocketAddr,
+    /// Empty means "use the development secret from the data directory".
+    pub webhook_secrets: Vec<WebhookSecret>,
+    pub clerk: ClerkSettings,
+    pub signup_credits: i32,
+    /// Run the outbox worker inside `serve` (tests step it by hand instead).
+    pub run_worker: bool,
+}
+
+/// Upper bound for any single credit amount, signup included.
+pub const MAX_CREDITS: i32 = 1_000_000;
+
+impl Config {
+    pub fn from_serve_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        if args.transaction_timeout_ms == 0 || args.transaction_timeout_ms > 600_000 {
+            return Err(invalid(
+                "TRANSACTION_TIMEOUT_MS",
+                "must be between 1 and 600000",
+            ));
+        }
+        let database = DatabaseSettings::from_args(
+            &args.database,
+            Duration::from_millis(args.transaction_timeout_ms),
+        )?;
+        let ip: IpAddr = args
+            .host
+            .parse()
+            .map_err(|_| invalid("HOST", "must be an IP address such as 127.0.0.1 or 0.0.0.0"))?;
+        let webhook_secrets = match args.clerk_webhook_signing_secret.as_deref() {
+            Some(s) if !s.trim().is_empty() => parse_secrets(s)?,
+            _ => Vec::new(),
+        };
+        let api_url = Url::parse(&args.clerk_api_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| invalid("CLERK_API_URL", "must be an http(s) URL"))?;
+        let secret_key = args
+            .clerk_secret_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| Redacted(s.to_owned()));
+        if !(0..=MAX_CREDITS).contains(&args.signup_credits) {
+            return Err(invalid(
+                "SIGNUP_CREDITS",
+                format!("must be between 0 and {MAX_CREDITS}"),
+            ));
+        }
+        Ok(Self {
+            database,
+            listen: SocketAddr::new(ip, args.port),
+            webhook_secrets,
+            clerk: ClerkSettings {
+                api_url,
+                secret_key,
+            },
+            signup_credits: args.signup_credits,
+            run_worker: true,
+        })
+    }
+}
+
+/// `whsec_…` secrets separated by spaces (several during rotation).
+pub fn parse_secrets(raw: &str) -> Result<Vec<WebhookSecret>, ConfigError> {
+    raw.split_whitespace()
+        .enumerate()
+        .map(|(i, s)| {
+            WebhookSecret::parse(s).map_err(|e| {
+                invalid(
+                    "CLERK_WEBHOOK_SIGNING_SECRET",
+                    format!("secret #{}: {e}", i + 1),
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn serve(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["clerk-sync", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => Config::from_serve_args(&a),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_sqlite_on_localhost() {
+        let c = serve(&["--database-url", "sqlite://data/clerk-sync.db"]).unwrap();
+        assert!(matches!(c.database.url, DatabaseUrl::Sqlite { .. }));
+        assert_eq!(c.database.url.data_dir(), PathBuf::from("data"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.signup_credits, 20);
+        assert!(c.webhook_secrets.is_empty());
+    }
+
+    #[test]
+    fn unknown_scheme_is_refused_not_a_new_sqlite_file() {
+        let e = serve(&["--database-url", "mysql://x/y"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("DATABASE_URL:"), "{e}");
+        let e = serve(&["--database-url", "data/clerk-sync.db"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unsupported scheme"), "{e}");
+    }
+
+    #[test]
+    fn neon_url_with_prisma_params_parses_and_hides_the_password() {
+        let c = serve(&[
+            "--database-url",
+            "postgresql://u:hunter2@ep-x-pooler.neon.tech/db?sslmode=require&channel_binding=require&pgbouncer=true&connection_limit=1",
+        ])
+        .unwrap();
+        match &c.database.url {
+            DatabaseUrl::Postgres {
+                pgbouncer, options, ..
+            } => {
+                assert!(*pgbouncer);
+                assert_eq!(options.get_host(), "ep-x-pooler.neon.tech");
+            }
+            _ => panic!("expected postgres"),
+        }
+        let shown = format!("{} {:?}", c.database.url, c.database.url);
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn rotation_secrets_and_bad_values_name_the_variable() {
+        let c = serve(&[
+            "--clerk-webhook-signing-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+        ])
+        .unwrap();
+        assert_eq!(c.webhook_secrets.len(), 2);
+        let e = serve(&["--clerk-webhook-signing-secret", "whsec_%%%"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("CLERK_WEBHOOK_SIGNING_SECRET: secret #1"),
+            "{e}"
+        );
+        let e = serve(&["--signup-credits=-1"]).unwrap_err().to_string();
+        assert!(e.starts_with("SIGNUP_CREDITS"), "{e}");
+        let e = serve(&["--host", "localhost"]).unwrap_err().to_string();
+        assert!(e.starts_with("HOST"), "{e}");
+    }
+
+    #[test]
+    fn secret_key_is_redacted_in_debug() {
+        let c = serve(&["--clerk-secret-key", "sk_test_abcdef"]).unwrap();
+        assert!(!format!("{c:?}").contains("sk_test_abcdef"));
+    }
+}

@@ -1,0 +1,10 @@
+//! Domain types that parse, not validate: once built, a value is known to be well formed.
+//! Error messages never echo the input (it may be an email address).
+
+mod clerk_user_id;
+mod email;
+mod svix_message_id;
+
+pub use clerk_user_id::{ClerkUserId, ClerkUserIdError};
+pub use email::{EmailAddress, EmailError};
+pub use svix_message_id::{SvixMessageId, SvixMessageIdError};

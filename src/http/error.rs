@@ -1,0 +1,110 @@
+//! `ApiError`: the only `IntoResponse` error in the crate. Every error body is
+//! `{"error": "<machine code>", "message": "<for a human>"}`; 5xx causes are logged once
+//! here and never sent to the client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::store::StoreError;
+use crate::webhooks::VerifyError;
+
+#[derive(thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadSignatureHeaders(VerifyError),
+    #[error("{0}")]
+    InvalidSignature(VerifyError),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("could not read the request body")]
+    BodyUnreadable,
+    #[error("no such route")]
+    NotFound,
+    #[error("the database is unavailable; retry later")]
+    Unavailable(#[source] StoreError),
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+impl std::fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        error_chain_fmt(self, f)
+    }
+}
+
+/// `Display` of the error and then of each `source()`, one per line.
+pub fn error_chain_fmt(
+    e: &impl std::error::Error,
+    f: &mut std::fmt::Formatter<'_>,
+) -> std::fmt::Result {
+    writeln!(f, "{e}")?;
+    let mut current = e.source();
+    while let Some(cause) = current {
+        writeln!(f, "Caused by:\n\t{cause}")?;
+        current = cause.source();
+    }
+    Ok(())
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        if e.is_retryable() {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e)
+        }
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadSignatureHeaders(_) | Self::BodyUnreadable => StatusCode::BAD_REQUEST,
+            Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadSignatureHeaders(VerifyError::MissingHeader(_)) => "missing_svix_headers",
+            Self::BadSignatureHeaders(_) => "malformed_svix_headers",
+            Self::InvalidSignature(VerifyError::TimestampTooOld | VerifyError::TimestampTooNew) => {
+                "timestamp_out_of_tolerance"
+            }
+            Self::InvalidSignature(_) => "invalid_signature",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::BodyUnreadable => "body_unreadable",
+            Self::NotFound => "not_found",
+            Self::Unavailable(_) => "database_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error.cause_chain = ?self, error.message = %self, "request failed");
+        } else {
+            tracing::info!(error.code = self.code(), error.message = %self, "request refused");
+        }
+        let body = serde_json::json!({"error": self.code(), "message": self.to_string()});
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<VerifyError> for ApiError {
+    fn from(e: VerifyError) -> Self {
+        if e.is_header_problem() {
+            Self::BadSignatureHeaders(e)
+        } else {
+            Self::InvalidSignature(e)
+        }
+    }
+}

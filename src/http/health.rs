@@ -1,0 +1,49 @@
+//! `/healthz` (the process answers) and `/readyz` (database reachable, migrations current).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::AppState;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let database = state.store.ping().await;
+    let migrations = match &database {
+        Ok(()) => state
+            .store
+            .pending_migrations()
+            .await
+            .map_err(|e| e.to_string()),
+        Err(_) => Err("not checked: database unreachable".to_owned()),
+    };
+    let db_report = match &database {
+        Ok(()) => json!({"status": "ok", "backend": state.store.backend_name()}),
+        Err(e) => {
+            json!({"status": "error", "backend": state.store.backend_name(), "message": e.to_string()})
+        }
+    };
+    let (migrations_ok, migrations_report) = match migrations {
+        Ok(pending) if pending.is_empty() => (true, json!({"status": "ok"})),
+        Ok(pending) => (false, json!({"status": "pending", "pending": pending})),
+        Err(message) => (false, json!({"status": "error", "message": message})),
+    };
+    let ready = database.is_ok() && migrations_ok;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "database": db_report,
+            "migrations": migrations_report,
+        })),
+    )
+}

@@ -1,0 +1,12 @@
+pub mod cli;
+pub mod config;
+pub mod dev_secret;
+pub mod domain;
+pub mod http;
+pub mod outbox;
+pub mod send;
+pub mod signup;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod webhooks;

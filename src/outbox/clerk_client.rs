@@ -1,0 +1,141 @@
+//! Clerk Backend API client (reqwest + rustls).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use url::Url;
+
+use crate::config::Redacted;
+
+#[derive(Clone)]
+pub struct ClerkClient {
+    http: reqwest::Client,
+    base: Url,
+    secret_key: Redacted<String>,
+}
+
+impl std::fmt::Debug for ClerkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClerkClient")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a call to Clerk did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// 429, 5xx, timeouts and connection failures: try again later.
+    #[error("retryable: {reason}")]
+    Retryable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Any other 4xx: the same request will fail again.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// The part of Clerk's user object the credits path needs (issue 4 reuses the client).
+#[derive(Debug, Deserialize)]
+pub struct ClerkUserResponse {
+    pub id: String,
+}
+
+impl ClerkClient {
+    pub fn new(base: Url, secret_key: Redacted<String>) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("clerk-sync/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            base,
+            secret_key,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base.as_str().trim_end_matches('/'), path)
+    }
+
+    /// `PATCH /v1/users/{id}/metadata` with `{"public_metadata": {"userId": ...}}`.
+    /// Clerk merges metadata, so repeating the call is harmless.
+    pub async fn update_metadata(
+        &self,
+        clerk_id: &str,
+        user_id: &str,
+    ) -> Result<(), DeliveryError> {
+        let response = self
+            .http
+            .patch(self.url(&format!("/v1/users/{clerk_id}/metadata")))
+            .bearer_auth(&self.secret_key.0)
+            .json(&serde_json::json!({"public_metadata": {"userId": user_id}}))
+            .send()
+            .await
+            .map_err(|e| DeliveryError::Retryable {
+                reason: if e.is_timeout() {
+                    "request timed out".to_owned()
+                } else {
+                    "could not reach the Clerk API".to_owned()
+                },
+                retry_after: None,
+            })?;
+        classify(response.status(), response.headers())
+    }
+}
+
+fn classify(status: StatusCode, headers: &reqwest::header::HeaderMap) -> Result<(), DeliveryError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let reason = format!("Clerk API answered {}", status.as_u16());
+    if status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::UNAUTHORIZED
+    {
+        // 401 too: a rotated key fixed by the operator makes the job deliverable again.
+        let retry_after = headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Err(DeliveryError::Retryable {
+            reason,
+            retry_after,
+        })
+    } else {
+        Err(DeliveryError::Permanent(reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    #[test]
+    fn classifies_statuses() {
+        let none = HeaderMap::new();
+        assert!(classify(StatusCode::OK, &none).is_ok());
+        assert!(matches!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, &none),
+            Err(DeliveryError::Retryable { .. })
+        ));
+        assert!(matches!(
+            classify(StatusCode::NOT_FOUND, &none),
+            Err(DeliveryError::Permanent(_))
+        ));
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("30"));
+        match classify(StatusCode::TOO_MANY_REQUESTS, &h) {
+            Err(DeliveryError::Retryable { retry_after, .. }) => {
+                assert_eq!(retry_after, Some(Duration::from_secs(30)))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! THE signup transaction. Everything that happens when Clerk tells us about a user is in
+//! this file, for both backends.
+//!
+//! For `user.created` / `user.updated`, in ONE transaction:
+//! 1. insert the `"WebhookEvent"` row keyed by `svix-id` (`ON CONFLICT DO NOTHING`): no row
+//!    back means the message was already handled, so nothing else happens;
+//! 2. upsert `"ClerkUserSync"` only if this event is newer than what was applied and the
+//!    user is not deleted (this row also serialises concurrent events for one user);
+//! 3. refuse an email address that belongs to another Clerk user (recorded as `failed`);
+//! 4. update the `"User"`, or insert it with `SIGNUP_CREDITS` generations, explicit
+//!    `createdAt`/`updatedAt`, its `signup_bonus` ledger row (key `signup:<clerkId>`) and
+//!    the `"OutboxJob"` that writes our user id into Clerk's metadata after commit;
+//! 5. commit.
+//!
+//! `user.deleted` deletes the user row (ledger rows stay) and tombstones the Clerk id so a
+//! late `user.updated` cannot bring it back. Unknown event types are recorded as
+//! `ignored`; permanent payload problems as `failed` with their reason.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::types::Json;
+use tracing::{info, instrument, warn};
+
+use crate::domain::{ClerkUserId, SvixMessageId};
+use crate::outbox::Job;
+use crate::store::{self, new_id, Store, StoreError};
+use crate::webhooks::clerk_event::{parse_envelope, UserProfile};
+use crate::webhooks::VerifiedWebhook;
+use crate::with_tx;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SignupSettings {
+    pub signup_credits: i32,
+    pub transaction_timeout: Duration,
+}
+
+/// What became of one verified webhook. Every variant is answered 200.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Processed(Action),
+    /// This `svix-id` was handled before; nothing changed.
+    Duplicate,
+    Ignored(String),
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl Outcome {
+    pub fn status(&self) -> &'static str {
+        match self {
+            Self::Processed(_) => "processed",
+            Self::Duplicate => "duplicate",
+            Self::Ignored(_) => "ignored",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+const STATUS_PROCESSED: &str = "processed";
+const STATUS_IGNORED: &str = "ignored";
+const STATUS_FAILED: &str = "failed";
+
+const INSERT_EVENT: &str = r#"
+INSERT INTO "WebhookEvent"
+    ("id", "eventId", "eventType", "processed", "processedAt", "createdAt", "status", "error", "payload")
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT ("eventId") DO NOTHING
+RETURNING "id""#;
+
+const MARK_EVENT_IGNORED: &str = r#"
+UPDATE "WebhookEvent" SET "status" = 'ignored', "error" = $2 WHERE "id" = $1"#;
+
+/// Applies only when the event is newer than what was applied and the user is not
+/// deleted; returns no row otherwise.
+const CLAIM_USER_SYNC: &str = r#"
+INSERT INTO "ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
+VALUES ($1, $2, NULL)
+ON CONFLICT ("clerkId") DO UPDATE SET "clerkUpdatedAt" = excluded."clerkUpdatedAt"
+WHERE "ClerkUserSync"."clerkUpdatedAt" < excluded."clerkUpdatedAt"
+  AND "ClerkUserSync"."deletedAt" IS NULL
+RETURNING "clerkId""#;
+
+const USER_IS_DELETED: &str = r#"
+SELECT "deletedAt" IS NOT NULL FROM "ClerkUserSync" WHERE "clerkId" = $1"#;
+
+const EMAIL_OWNED_BY_OTHER: &str = r#"
+SELECT EXISTS (SELECT 1 FROM "User" WHERE "email" = $1 AND "clerkId" <> $2)"#;
+
+const UPDATE_USER: &str = r#"
+UPDATE "User"
+SET "email" = $2, "photo" = $3, "firstName" = $4, "lastName" = $5, "updatedAt" = $6
+WHERE "clerkId" = $1
+RETURNING "id""#;
+
+const INSERT_USER: &str = r#"
+INSERT INTO "User"
+    ("id", "clerkId", "email", "photo", "firstName", "lastName",
+     "usedGenerations", "availableGenerations", "createdAt", "updatedAt")
+VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $8)"#;
+
+const INSERT_SIGNUP_BONUS: &str = r#"
+INSERT INTO "Transaction"
+    ("id", "tracking_id", "userId", "status", "amount", "type", "description",
+     "reason", "webhookEventId", "idempotencyKey", "balanceAfter", "createdAt")
+VALUES ($1, $2, $3, 'completed', $4, 'credit', 'Signup bonus',
+        'signup_bonus', $5, $6, $4, $7)"#;
+
+const INSERT_OUTBOX_JOB: &str = r#"
+INSERT INTO "OutboxJob"
+    ("id", "kind", "payload", "status", "attempts", "nextAttemptAt", "createdAt", "updatedAt")
+VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)"#;
+
+const TOMBSTONE_USER: &str = r#"
+INSERT INTO "ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
+VALUES ($1, $2, $3)
+ON CONFLICT ("clerkId") DO UPDATE
+SET "deletedAt" = COALESCE("ClerkUserSync"."deletedAt", excluded."deletedAt")"#;
+
+const DELETE_USER: &str = r#"DELETE FROM "User" WHERE "clerkId" = $1"#;
+
+/// The event row every path writes first.
+struct EventRow<'a> {
+    msg_id: &'a SvixMessageId,
+    event_type: &'a str,
+    payload: Option<&'a Value>,
+}
+
+/// Handle one verified webhook within `TRANSACTION_TIMEOUT_MS`.
+#[instrument(name = "signup", skip_all, fields(event_type, clerk_user_id))]
+pub async fn handle(
+    store: &Store,
+    settings: &SignupSettings,
+    hook: &VerifiedWebhook,
+) -> Result<Outcome, StoreError> {
+    tokio::time::timeout(
+        settings.transaction_timeout,
+        dispatch(store, settings, hook),
+    )
+    .await
+    .map_err(|_| StoreError::Timeout(settings.transaction_timeout))?
+}
+
+async fn dispatch(
+    store: &Store,
+    settings: &SignupSettings,
+    hook: &VerifiedWebhook,
+) -> Result<Outcome, StoreError> {
+    let msg_id = hook.msg_id();
+    let (envelope, value) = match parse_envelope(hook.body()) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let event = EventRow {
+                msg_id,
+                event_type: "unknown",
+                payload: None,
+            };
+            return record_only(store, &event, STATUS_FAILED, e.to_string()).await;
+        }
+    };
+    let event_type: String = envelope.event_type.chars().take(100).collect();
+    let span = tracing::Span::current();
+    span.record("event_type", event_type.as_str());
+    let event = EventRow {
+        msg_id,
+        event_type: &event_type,
+        payload: Some(&value),
+    };
+    match event_type.as_str() {
+        "user.created" | "user.updated" => match envelope.user_profile() {
+            Ok(profile) => {
+                span.record("clerk_user_id", profile.clerk_id.as_str());
+                upsert_user(store, settings, &event, &profile).await
+            }
+            Err(e) => record_only(store, &event, STATUS_FAILED, e.to_string()).await,
+        },
+        "user.deleted" => match envelope.deleted_user() {
+            Ok(clerk_id) => {
+                span.record("clerk_user_id", clerk_id.as_str());
+                let ts = envelope.timestamp.unwrap_or(hook.timestamp() * 1000);
+                delete_user(store, &event, &clerk_id, ts).await
+            }
+            Err(e) => record_only(store, &event, STATUS_FAILED, e.to_string()).await,
+        },
+        _ => {
+            record_only(
+                store,
+                &event,
+                STATUS_IGNORED,
+                "event type not handled".into(),
+            )
+            .await
+        }
+    }
+}
+
+/// What the user transaction decided.
+enum UpsertResult {
+    Done(Outcome),
+    /// A permanent refusal: the transaction was rolled back; record the event as failed.
+    Refused(String),
+}
+
+async fn upsert_user(
+    store: &Store,
+    settings: &SignupSettings,
+    event: &EventRow<'_>,
+    profile: &UserProfile,
+) -> Result<Outcome, StoreError> {
+    info!("user creation started");
+    match upsert_user_tx(store, settings, event, profile).await {
+        Ok(UpsertResult::Done(outcome)) => {
+            if let Outcome::Processed(action) = &outcome {
+                info!(action = action.as_str(), "transaction completed");
+            }
+            Ok(outcome)
+        }
+        Ok(UpsertResult::Refused(reason)) => record_only(store, event, STATUS_FAILED, reason).await,
+        Err(e) => {
+            warn!(error.message = %e, "user creation failed");
+            Err(e)
+        }
+    }
+}
+
+async fn upsert_user_tx(
+    store: &Store,
+    settings: &SignupSettings,
+    event: &EventRow<'_>,
+    profile: &UserProfile,
+) -> Result<UpsertResult, StoreError> {
+    let now = store::now();
+    let event_row_id = new_id();
+    let clerk_id = profile.clerk_id.as_str();
+    with_tx!(store, |tx, p| {
+        let inserted: Option<String> = sqlx::query_scalar(INSERT_EVENT)
+            .bind(&event_row_id)
+            .bind(event.msg_id.as_str())
+            .bind(event.event_type)
+            .bind(true)
+            .bind(Some(now))
+            .bind(now)
+            .bind(STATUS_PROCESSED)
+            .bind(None::<String>)
+            .bind(event.payload.map(Json))
+            .persistent(p)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if inserted.is_none() {
+            return Ok(UpsertResult::Done(Outcome::Duplicate));
+        }
+
+        let fresh: Option<String> = sqlx::query_scalar(CLAIM_USER_SYNC)
+            .bind(clerk_id)
+            .bind(profile.clerk_updated_at)
+            .persistent(p)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if fresh.is_none() {
+            let deleted: bool = sqlx::query_scalar(USER_IS_DELETED)
+                .bind(clerk_id)
+                .persistent(p)
+                .fetch_one(&mut *tx)
+                .await?;
+            let reason = if deleted {
+                "user was deleted; a late event does not bring it back"
+            } else {
+                "stale: an event with a newer updated_at was already applied"
+            };
+            sqlx::query(MARK_EVENT_IGNORED)
+                .bind(&event_row_id)
+                .bind(reason)
+                .persistent(p)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            info!(reason, "event ignored");
+            return Ok(UpsertResult::Done(Outcome::Ignored(reason.to_owned())));
+        }
+
+        let taken: bool = sqlx::query_scalar(EMAIL_OWNED_BY_OTHER)
+            .bind(profile.email.as_str())
+            .bind(clerk_id)
+            .persistent(p)
+            .fetch_one(&mut *tx)
+            .await?;
+        if taken {
+            return Ok(UpsertResult::Refused(
+                "email address already belongs to another Clerk user".to_owned(),
+            ));
+        }
+
+        let updated: Option<String> = sqlx::query_scalar(UPDATE_USER)
+            .bind(clerk_id)
+            .bind(profile.email.as_str())
+            .bind(&profile.photo)
+            .bind(profile.first_name.as_deref())
+            .bind(profile.last_name.as_deref())
+            .bind(now)
+            .persistent(p)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let action = if updated.is_some() {
+            Action::Updated
+        } else {
+            let user_id = new_id();
+            sqlx::query(INSERT_USER)
+                .bind(&user_id)
+                .bind(clerk_id)
+                .bind(profile.email.as_str())
+                .bind(&profile.photo)
+                .bind(profile.first_name.as_deref())
+                .bind(profile.last_name.as_deref())
+                .bind(settings.signup_credits)
+                .bind(now)
+                .persistent(p)
+                .execute(&mut *tx)
+                .await?;
+            if settings.signup_credits > 0 {
+                sqlx::query(INSERT_SIGNUP_BONUS)
+                    .bind(new_id())
+                    .bind(clerk_id)
+                    .bind(&user_id)
+                    .bind(settings.signup_credits)
+                    .bind(event.msg_id.as_str())
+                    .bind(format!("signup:{clerk_id}"))
+                    .bind(now)
+                    .persistent(p)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let job = Job::UpdateClerkMetadata {
+                clerk_id: clerk_id.to_owned(),
+                user_id: user_id.clone(),
+            };
+            sqlx::query(INSERT_OUTBOX_JOB)
+                .bind(new_id())
+                .bind(job.kind())
+                .bind(Json(&job))
+                .bind(now)
+                .persistent(p)
+                .execute(&mut *tx)
+                .await?;
+            info!(user_id = %user_id, "user created");
+            Action::Created
+        };
+        tx.commit().await?;
+        Ok(UpsertResult::Done(Outcome::Processed(action)))
+    })
+}
+
+async fn delete_user(
+    store: &Store,
+    event: &EventRow<'_>,
+    clerk_id: &ClerkUserId,
+    event_ts_ms: i64,
+) -> Result<Outcome, StoreError> {
+    let now = store::now();
+    let event_row_id = new_id();
+    with_tx!(store, |tx, p| {
+        let inserted: Option<String> = sqlx::query_scalar(INSERT_EVENT)
+            .bind(&event_row_id)
+            .bind(event.msg_id.as_str())
+            .bind(event.event_type)
+            .bind(true)
+            .bind(Some(now))
+            .bind(now)
+            .bind(STATUS_PROCESSED)
+            .bind(None::<String>)
+            .bind(event.payload.map(Json))
+            .persistent(p)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if inserted.is_none() {
+            return Ok(Outcome::Duplicate);
+        }
+        sqlx::query(TOMBSTONE_USER)
+            .bind(clerk_id.as_str())
+            .bind(event_ts_ms)
+            .bind(now)
+            .persistent(p)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query(DELETE_USER)
+            .bind(clerk_id.as_str())
+            .persistent(p)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        info!(rows = deleted, "user deleted");
+        Ok(Outcome::Processed(Action::Deleted))
+    })
+}
+
+/// Record an event that changes nothing else (`ignored` or `failed`), in one statement.
+async fn record_only(
+    store: &Store,
+    event: &EventRow<'_>,
+    status: &'static str,
+    reason: String,
+) -> Result<Outcome, StoreError> {
+    let now = store::now();
+    let failed = status == STATUS_FAILED;
+    let inserted: Option<String> = crate::with_pool!(store, |pool, p| {
+        sqlx::query_scalar(INSERT_EVENT)
+            .bind(new_id())
+            .bind(event.msg_id.as_str())
+            .bind(event.event_type)
+            .bind(!failed)
+            .bind((!failed).then_some(now))
+            .bind(now)
+            .bind(status)
+            .bind(Some(reason.as_str()))
+            .bind(event.payload.map(Json))
+            .persistent(p)
+            .fetch_optional(pool)
+            .await?
+    });
+    if inserted.is_none() {
+        return Ok(Outcome::Duplicate);
+    }
+    if failed {
+        tracing::error!(reason = %reason, "webhook event failed permanently");
+        Ok(Outcome::Failed(reason))
+    } else {
+        info!(reason = %reason, "webhook event ignored");
+        Ok(Outcome::Ignored(reason))
+    }
+}

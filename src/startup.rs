@@ -1,0 +1,140 @@
+//! Building and running the service: the API and the outbox worker side by side, stopped
+//! together through a `CancellationToken` passed in by the caller.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::http::{router, system_clock, AppState, Clock};
+use crate::outbox::worker::{self, WorkerSettings};
+use crate::outbox::ClerkClient;
+use crate::signup::SignupSettings;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("no webhook signing secret configured")]
+    NoSigningSecret,
+    #[error("could not bind {0}")]
+    Bind(String, #[source] std::io::Error),
+    #[error("could not open the database")]
+    Database(#[source] StoreError),
+    #[error("could not apply migrations")]
+    Migrate(#[source] StoreError),
+    #[error("could not build the Clerk API client")]
+    ClerkClient(#[source] reqwest::Error),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    worker: Option<(ClerkClient, WorkerSettings)>,
+}
+
+/// Apply pending migrations, over `DIRECT_URL` when it is set.
+pub async fn run_migrations(config: &Config, store: &Store) -> Result<(), StartupError> {
+    match &config.database.direct_url {
+        Some(direct) => {
+            let migrator = Store::connect(direct, 1, config.database.transaction_timeout)
+                .await
+                .map_err(StartupError::Migrate)?;
+            let result = migrator.migrate().await.map_err(StartupError::Migrate);
+            migrator.close().await;
+            result
+        }
+        None => store.migrate().await.map_err(StartupError::Migrate),
+    }
+}
+
+impl Application {
+    pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartupError::Bind(config.listen.to_string(), e))?;
+        Self::build_with_listener(config, listener).await
+    }
+
+    pub async fn build_with_listener(
+        config: &Config,
+        listener: TcpListener,
+    ) -> Result<Self, StartupError> {
+        if config.webhook_secrets.is_empty() {
+            return Err(StartupError::NoSigningSecret);
+        }
+        let store = Store::from_settings(&config.database)
+            .await
+            .map_err(StartupError::Database)?;
+        run_migrations(config, &store).await?;
+        info!(database = %config.database.url, "database connection established");
+
+        let worker = match &config.clerk.secret_key {
+            Some(key) => Some((
+                ClerkClient::new(config.clerk.api_url.clone(), key.clone())
+                    .map_err(StartupError::ClerkClient)?,
+                WorkerSettings::default(),
+            )),
+            None => {
+                warn!("CLERK_SECRET_KEY is not set: Clerk metadata updates stay queued as pending jobs");
+                None
+            }
+        };
+        let state = AppState {
+            store,
+            webhook_secrets: config.webhook_secrets.clone().into(),
+            signup: SignupSettings {
+                signup_credits: config.signup_credits,
+                transaction_timeout: config.database.transaction_timeout,
+            },
+            outbox_wake: Arc::new(Notify::new()),
+            clock: system_clock(),
+        };
+        Ok(Self {
+            listener,
+            state,
+            worker: worker.filter(|_| config.run_worker),
+        })
+    }
+
+    /// Replace the clock used for the signature timestamp check (tests of the vectors).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.state.clock = clock;
+        self
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// Serve until `shutdown` is cancelled (or the server fails), then stop the worker.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let worker = self.worker.map(|(client, settings)| {
+            tokio::spawn(worker::run(
+                self.state.store.clone(),
+                client,
+                settings,
+                self.state.outbox_wake.clone(),
+                shutdown.clone(),
+            ))
+        });
+        info!(address = %self.listener.local_addr()?, "listening");
+        let app = router(self.state);
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        shutdown.cancel();
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
+        served
+    }
+}

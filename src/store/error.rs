@@ -1,0 +1,208 @@
+//! `StoreError`: the only place that inspects `sqlx::Error`. Classification uses error
+//! codes and kinds, never message text.
+
+use std::time::Duration;
+
+use sqlx::error::ErrorKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is overloaded; a retry may succeed (HTTP 503).
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// The transaction did not finish within `TRANSACTION_TIMEOUT_MS` (HTTP 503).
+    #[error("database transaction timed out after {0:?}")]
+    Timeout(Duration),
+    /// A constraint refused the write.
+    #[error("{0}")]
+    Constraint(ConstraintViolation),
+    #[error("migrations failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error")]
+    Other(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether Svix (or any caller) should retry: answered with 503.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Timeout(_))
+    }
+}
+
+/// A constraint failure named well enough to act on: the table, the column or
+/// constraint, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConstraintViolation {
+    pub kind: ConstraintKind,
+    pub table: Option<String>,
+    pub target: Option<String>,
+    pub hint: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConstraintKind {
+    NotNull,
+    Unique,
+    ForeignKey,
+    Check,
+}
+
+impl std::fmt::Display for ConstraintViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.kind {
+            ConstraintKind::NotNull => "not-null constraint violated",
+            ConstraintKind::Unique => "unique constraint violated",
+            ConstraintKind::ForeignKey => "foreign key constraint violated",
+            ConstraintKind::Check => "check constraint violated",
+        };
+        write!(f, "{what}")?;
+        if let Some(t) = &self.table {
+            write!(f, " on table \"{t}\"")?;
+        }
+        if let Some(c) = &self.target {
+            write!(f, " ({c})")?;
+        }
+        write!(f, "; hint: {}", self.hint)
+    }
+}
+
+/// PostgreSQL SQLSTATEs that mean "try again later".
+fn pg_code_is_transient(code: &str) -> bool {
+    code.starts_with("08") // connection exception
+        || matches!(
+            code,
+            "57P01" // admin_shutdown
+                | "57P02" // crash_shutdown
+                | "57P03" // cannot_connect_now
+                | "53300" // too_many_connections
+                | "53000" // insufficient_resources
+                | "40001" // serialization_failure
+                | "40P01" // deadlock_detected
+                | "57014" // query_canceled (statement_timeout)
+                | "55P03" // lock_not_available
+        )
+}
+
+/// SQLite primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6); extended codes
+/// keep the primary code in the low byte.
+fn sqlite_code_is_transient(code: &str) -> bool {
+    code.parse::<i64>()
+        .map(|c| matches!(c & 0xff, 5 | 6))
+        .unwrap_or(false)
+}
+
+fn hint_for(kind: ConstraintKind, table: Option<&str>, target: Option<&str>) -> &'static str {
+    match (kind, table, target) {
+        (ConstraintKind::NotNull, Some("User"), Some("updatedAt" | "createdAt")) => {
+            "the column is NOT NULL without a DEFAULT: ALTER TABLE \"User\" ALTER COLUMN \"updatedAt\" SET DEFAULT CURRENT_TIMESTAMP (run `clerk-sync diagnose`)"
+        }
+        (ConstraintKind::NotNull, _, _) => {
+            "a NOT NULL column received no value and has no DEFAULT; run `clerk-sync diagnose` to find the schema drift"
+        }
+        (ConstraintKind::Unique, Some("User"), Some(t)) if t.contains("email") => {
+            "the email address already belongs to another user"
+        }
+        (ConstraintKind::Unique, _, _) => "a row with the same unique key already exists",
+        (ConstraintKind::ForeignKey, _, _) => "the referenced row does not exist",
+        (ConstraintKind::Check, _, _) => "a value is outside what the table allows",
+    }
+}
+
+/// For SQLite, the table and column come from the message, e.g.
+/// `NOT NULL constraint failed: User.updatedAt` — SQLite offers no other source.
+fn sqlite_target(message: &str) -> (Option<String>, Option<String>) {
+    message
+        .split_once("constraint failed: ")
+        .map(|(_, rest)| {
+            let first = rest.split(',').next().unwrap_or(rest).trim();
+            match first.split_once('.') {
+                Some((t, c)) => (Some(t.to_owned()), Some(c.to_owned())),
+                None => (None, Some(first.to_owned())),
+            }
+        })
+        .unwrap_or((None, None))
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(e),
+            sqlx::Error::Database(db) => {
+                if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    if pg_code_is_transient(pg.code()) {
+                        return Self::Unavailable(e);
+                    }
+                    if let Some(kind) = constraint_kind(db.kind()) {
+                        let table = pg.table().map(str::to_owned);
+                        let target = pg.column().or(pg.constraint()).map(str::to_owned);
+                        let hint = hint_for(kind, table.as_deref(), target.as_deref());
+                        return Self::Constraint(ConstraintViolation {
+                            kind,
+                            table,
+                            target,
+                            hint,
+                        });
+                    }
+                } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    if db.code().is_some_and(|c| sqlite_code_is_transient(&c)) {
+                        return Self::Unavailable(e);
+                    }
+                    if let Some(kind) = constraint_kind(db.kind()) {
+                        let (table, target) = sqlite_target(db.message());
+                        let hint = hint_for(kind, table.as_deref(), target.as_deref());
+                        return Self::Constraint(ConstraintViolation {
+                            kind,
+                            table,
+                            target,
+                            hint,
+                        });
+                    }
+                }
+                Self::Other(e)
+            }
+            _ => Self::Other(e),
+        }
+    }
+}
+
+fn constraint_kind(kind: ErrorKind) -> Option<ConstraintKind> {
+    match kind {
+        ErrorKind::NotNullViolation => Some(ConstraintKind::NotNull),
+        ErrorKind::UniqueViolation => Some(ConstraintKind::Unique),
+        ErrorKind::ForeignKeyViolation => Some(ConstraintKind::ForeignKey),
+        ErrorKind::CheckViolation => Some(ConstraintKind::Check),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_codes() {
+        assert!(pg_code_is_transient("08006"));
+        assert!(pg_code_is_transient("57P01"));
+        assert!(!pg_code_is_transient("23502"));
+        assert!(sqlite_code_is_transient("5"));
+        assert!(sqlite_code_is_transient("517"));
+        assert!(sqlite_code_is_transient("6"));
+        assert!(!sqlite_code_is_transient("1299"));
+    }
+
+    #[test]
+    fn sqlite_messages_name_table_and_column() {
+        assert_eq!(
+            sqlite_target("NOT NULL constraint failed: User.updatedAt"),
+            (Some("User".into()), Some("updatedAt".into()))
+        );
+        assert_eq!(
+            sqlite_target("UNIQUE constraint failed: User.email"),
+            (Some("User".into()), Some("email".into()))
+        );
+    }
+}

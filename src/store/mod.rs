@@ -1,0 +1,294 @@
+//! Storage: one enum over two concrete pools, chosen by `DATABASE_URL`.
+//!
+//! Query code is written once and expanded per backend by [`with_tx!`] / [`with_pool!`];
+//! the SQL text is shared where the dialects agree (quoted Prisma identifiers, `$n`
+//! placeholders, `ON CONFLICT`, `RETURNING`).
+
+mod error;
+
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
+
+pub use error::{ConstraintKind, ConstraintViolation, StoreError};
+
+use crate::config::{DatabaseSettings, DatabaseUrl};
+
+pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pub pool: PgPool,
+    /// False behind a transaction-mode pooler (`pgbouncer=true`): every query unprepared.
+    pub prepared: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pub pool: SqlitePool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Store {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+/// Open a write transaction and run `$body` with `$tx` bound to it and `$p` to whether
+/// queries may be prepared, once per backend. PostgreSQL: `BEGIN`; SQLite:
+/// `BEGIN IMMEDIATE` (a deferred transaction that later writes gets SQLITE_BUSY at once).
+/// `$body` must commit; dropping the transaction rolls it back.
+#[macro_export]
+macro_rules! with_tx {
+    ($store:expr, |$tx:ident, $p:ident| $body:block) => {
+        match $store {
+            $crate::store::Store::Postgres(pg) => {
+                #[allow(unused_variables)]
+                let $p = pg.prepared;
+                #[allow(unused_mut)]
+                let mut $tx = pg.pool.begin().await?;
+                $body
+            }
+            $crate::store::Store::Sqlite(lite) => {
+                #[allow(unused_variables)]
+                let $p = true;
+                #[allow(unused_mut)]
+                let mut $tx = lite.pool.begin_with("BEGIN IMMEDIATE").await?;
+                $body
+            }
+        }
+    };
+}
+
+/// Run `$body` with `$pool` bound to the backend's pool (for single statements).
+#[macro_export]
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident, $p:ident| $body:block) => {
+        match $store {
+            $crate::store::Store::Postgres(pg) => {
+                #[allow(unused_variables)]
+                let $p = pg.prepared;
+                let $pool = &pg.pool;
+                $body
+            }
+            $crate::store::Store::Sqlite(lite) => {
+                #[allow(unused_variables)]
+                let $p = true;
+                let $pool = &lite.pool;
+                $body
+            }
+        }
+    };
+}
+
+impl Store {
+    /// Build the pool. PostgreSQL connects lazily, so `serve` starts during an outage
+    /// and `/readyz` reports it; SQLite creates its file (and directory) if missing.
+    pub async fn connect(
+        url: &DatabaseUrl,
+        pool_max: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        match url {
+            DatabaseUrl::Postgres {
+                options, pgbouncer, ..
+            } => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(pool_max)
+                    .acquire_timeout(acquire_timeout)
+                    .connect_lazy_with(options.clone());
+                Ok(Self::Postgres(PgStore {
+                    pool,
+                    prepared: !pgbouncer,
+                }))
+            }
+            DatabaseUrl::Sqlite { options, path } => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(pool_max)
+                    .acquire_timeout(acquire_timeout)
+                    .connect_with(options.clone())
+                    .await?;
+                Ok(Self::Sqlite(SqliteStore { pool }))
+            }
+        }
+    }
+
+    /// Connect using the settings' pool size and transaction timeout.
+    pub async fn from_settings(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        Self::connect(
+            &settings.url,
+            settings.pool_max,
+            settings.transaction_timeout,
+        )
+        .await
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    pub fn migrator(&self) -> &'static Migrator {
+        match self {
+            Self::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Self::Sqlite(_) => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    /// Apply every pending embedded migration. PostgreSQL takes an advisory lock, so
+    /// replicas starting together apply them once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(pg) => POSTGRES_MIGRATIONS.run(&pg.pool).await?,
+            Self::Sqlite(lite) => {
+                adopt_sqlite_tables(&lite.pool).await?;
+                SQLITE_MIGRATIONS.run(&lite.pool).await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Versions of the embedded migrations not yet applied successfully.
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        const APPLIED: &str = "SELECT version FROM _sqlx_migrations WHERE success";
+        let table_exists = self.table_exists("_sqlx_migrations").await?;
+        let applied: Vec<i64> = if table_exists {
+            with_pool!(self, |pool, p| {
+                sqlx::query_scalar(APPLIED)
+                    .persistent(p)
+                    .fetch_all(pool)
+                    .await?
+            })
+        } else {
+            Vec::new()
+        };
+        Ok(self
+            .migrator()
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect())
+    }
+
+    pub async fn table_exists(&self, table: &str) -> Result<bool, StoreError> {
+        const PG: &str = "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = $1)";
+        const LITE: &str =
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)";
+        let exists: bool = match self {
+            Self::Postgres(pg) => {
+                sqlx::query_scalar(PG)
+                    .bind(table)
+                    .persistent(pg.prepared)
+                    .fetch_one(&pg.pool)
+                    .await?
+            }
+            Self::Sqlite(lite) => {
+                sqlx::query_scalar(LITE)
+                    .bind(table)
+                    .fetch_one(&lite.pool)
+                    .await?
+            }
+        };
+        Ok(exists)
+    }
+
+    /// One round trip: is the database there at all?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(self, |pool, p| {
+            sqlx::query("SELECT 1").persistent(p).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pg) => pg.pool.close().await,
+            Self::Sqlite(lite) => lite.pool.close().await,
+        }
+    }
+}
+
+/// Columns clerk-sync adds to the Prisma app's tables. PostgreSQL's migration adds them
+/// with `ADD COLUMN IF NOT EXISTS`; SQLite has no such clause, so on a SQLite database
+/// that already holds the Prisma tables they are added here, before the migrations run
+/// (which then find every column their indexes need).
+const SQLITE_ADOPTED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("WebhookEvent", "status", "TEXT"),
+    ("WebhookEvent", "error", "TEXT"),
+    ("WebhookEvent", "payload", "TEXT"),
+    ("Transaction", "reason", "TEXT"),
+    ("Transaction", "webhookEventId", "TEXT"),
+    ("Transaction", "idempotencyKey", "TEXT"),
+    ("Transaction", "balanceAfter", "INTEGER"),
+];
+
+async fn adopt_sqlite_tables(pool: &SqlitePool) -> Result<(), StoreError> {
+    const HAS_COLUMN: &str = "SELECT EXISTS (SELECT 1 FROM pragma_table_info($1) WHERE name = $2)";
+    const HAS_TABLE: &str =
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)";
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    for (table, column, decl) in SQLITE_ADOPTED_COLUMNS {
+        let table_exists: bool = sqlx::query_scalar(HAS_TABLE)
+            .bind(table)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !table_exists {
+            continue;
+        }
+        let has: bool = sqlx::query_scalar(HAS_COLUMN)
+            .bind(table)
+            .bind(column)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !has {
+            // Identifiers come from the constant list above, never from input.
+            let sql = format!("ALTER TABLE \"{table}\" ADD COLUMN \"{column}\" {decl}");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(table, column, "added column to adopted table");
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Now, in UTC, at the millisecond precision of `timestamp(3)`, so both backends store
+/// and compare the same value.
+pub fn now() -> chrono::NaiveDateTime {
+    let now = chrono::Utc::now();
+    chrono::DateTime::from_timestamp_millis(now.timestamp_millis())
+        .expect("current time is representable")
+        .naive_utc()
+}
+
+/// A new primary key: a cuid2, as the seed app's Prisma `@default(cuid())`.
+pub fn new_id() -> String {
+    cuid2::create_id()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_ship_the_same_migration_versions_and_names() {
+        let names = |m: &Migrator| {
+            m.iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&POSTGRES_MIGRATIONS), names(&SQLITE_MIGRATIONS));
+        assert!(!names(&POSTGRES_MIGRATIONS).is_empty());
+    }
+}

@@ -1,0 +1,99 @@
+//! `/healthz`, `/readyz`, and the database outage answered with 503.
+
+use serde_json::json;
+
+use crate::both_backends;
+use crate::helpers::*;
+
+both_backends!(
+    health_and_readiness_when_all_is_well,
+    database_down_gives_503_and_nothing_half_written,
+);
+
+async fn health_and_readiness_when_all_is_well(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+
+    let (s, b) = status_json(app.get("/healthz").await).await;
+    assert_eq!((s, b), (200, json!({"status": "ok"})));
+    let (s, b) = status_json(app.get("/readyz").await).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["status"], "ready");
+    assert_eq!(b["migrations"]["status"], "ok");
+    let (s, b) = status_json(app.get("/nope").await).await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
+}
+
+async fn database_down_gives_503_and_nothing_half_written(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let body = fixture("clerk-user-created.json");
+    match backend {
+        Backend::Postgres => {
+            // The app reaches PostgreSQL through a proxy; cutting it is the outage.
+            let admin = url::Url::parse(&admin_url()).unwrap();
+            let target = format!(
+                "{}:{}",
+                admin.host_str().unwrap(),
+                admin.port().unwrap_or(5432)
+            );
+            let proxy = CuttableProxy::start(target).await;
+            let mut via = url::Url::parse(&db.url).unwrap();
+            via.set_host(Some("127.0.0.1")).unwrap();
+            via.set_port(Some(proxy.port)).unwrap();
+            let opts = AppOptions {
+                database_url: Some(via.to_string()),
+                transaction_timeout_ms: 2000,
+                ..AppOptions::default()
+            };
+            let app = TestApp::spawn_with(&db, opts).await;
+            proxy.cut();
+
+            let (s, b) = status_json(app.post_webhook("msg_down", &body).await).await;
+            assert_eq!(s, 503, "{b}");
+            assert_eq!(b["error"], "database_unavailable");
+            let (s, b) = status_json(app.get("/readyz").await).await;
+            assert_eq!(s, 503, "{b}");
+            assert_eq!(b["database"]["status"], "error");
+            assert_nothing_written(&app.store).await;
+
+            // Svix retries against a healthy database: processed once.
+            let healthy = TestApp::spawn(&db).await;
+            let (s, b) = status_json(healthy.post_webhook("msg_down", &body).await).await;
+            assert_eq!((s, b["status"].as_str()), (200, Some("processed")));
+        }
+        Backend::Sqlite => {
+            // Another process holds the write lock longer than the transaction may wait.
+            let opts = AppOptions {
+                transaction_timeout_ms: 1000,
+                ..AppOptions::default()
+            };
+            let app = TestApp::spawn_with(&db, opts).await;
+            let locker = db.store().await;
+            let clerk_sync::store::Store::Sqlite(lite) = &locker else {
+                unreachable!()
+            };
+            let mut conn = lite.pool.acquire().await.unwrap();
+            sqlx::query("BEGIN EXCLUSIVE")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+
+            let (s, b) = status_json(app.post_webhook("msg_down", &body).await).await;
+            assert_eq!(s, 503, "{b}");
+            assert_eq!(b["error"], "database_unavailable");
+
+            sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+            drop(conn);
+            assert_nothing_written(&app.store).await;
+            let (s, b) = status_json(app.post_webhook("msg_down", &body).await).await;
+            assert_eq!((s, b["status"].as_str()), (200, Some("processed")));
+        }
+    }
+}
+
+async fn assert_nothing_written(store: &clerk_sync::store::Store) {
+    assert!(users(store).await.is_empty());
+    assert!(ledger(store).await.is_empty());
+    assert!(events(store).await.is_empty());
+    assert!(jobs(store).await.is_empty());
+}

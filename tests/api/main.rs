@@ -1,0 +1,10 @@
+//! One integration-test binary: every test runs the real service over loopback HTTP,
+//! once on PostgreSQL and once on SQLite.
+
+mod helpers;
+
+mod adoption;
+mod health;
+mod outbox;
+mod signature;
+mod signup;

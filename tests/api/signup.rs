@@ -1,0 +1,370 @@
+//! The signup path: `user.created` / `user.updated` / `user.deleted` end to end.
+
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::helpers::*;
+
+both_backends!(
+    created_user_has_every_column_a_ledger_row_and_a_job,
+    twenty_concurrent_deliveries_of_one_message_make_one_user,
+    update_before_create_creates_once_with_one_bonus,
+    stale_update_after_a_newer_one_changes_nothing,
+    delete_then_late_update_does_not_resurrect,
+    other_event_types_are_recorded_as_ignored,
+    signed_malformed_json_and_no_email_are_recorded_as_failed,
+    email_owned_by_another_clerk_user_is_failed,
+    a_failure_mid_transaction_writes_nothing,
+);
+
+async fn created_user_has_every_column_a_ledger_row_and_a_job(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let before = clerk_sync::store::now();
+
+    let (status, body) = status_json(
+        app.post_webhook("msg_created_1", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"status": "processed", "action": "created"}));
+    let users = users(&app.store).await;
+    assert_eq!(users.len(), 1);
+    let u = &users[0];
+    assert_eq!(u.id.len(), 24, "cuid2 id: {}", u.id);
+    assert_eq!(u.clerk_id, "user_29w83sxmDNGwOuEthce5gg56FcC");
+    assert_eq!(u.email, "example@example.org");
+    assert_eq!(u.photo, "https://img.clerk.com/xxxxxx");
+    assert_eq!(u.first_name.as_deref(), Some("Example"));
+    assert_eq!(u.last_name.as_deref(), Some("Example"));
+    assert_eq!(u.used, 0);
+    assert_eq!(u.available, 20);
+    assert_eq!(u.created_at, u.updated_at);
+    assert!(u.created_at >= before && u.created_at <= clerk_sync::store::now());
+
+    let ledger = ledger(&app.store).await;
+    assert_eq!(ledger.len(), 1);
+    let t = &ledger[0];
+    assert_eq!(t.tracking_id, u.clerk_id);
+    assert_eq!(t.user_id.as_deref(), Some(u.id.as_str()));
+    assert_eq!(t.status.as_deref(), Some("completed"));
+    assert_eq!(t.amount, Some(20));
+    assert_eq!(t.kind.as_deref(), Some("credit"));
+    assert_eq!(t.reason.as_deref(), Some("signup_bonus"));
+    assert_eq!(t.webhook_event_id.as_deref(), Some("msg_created_1"));
+    assert_eq!(
+        t.idempotency_key.as_deref(),
+        Some("signup:user_29w83sxmDNGwOuEthce5gg56FcC")
+    );
+    assert_eq!(t.balance_after, Some(20));
+
+    let events = events(&app.store).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_id, "msg_created_1");
+    assert_eq!(events[0].event_type, "user.created");
+    assert!(events[0].processed);
+    assert_eq!(events[0].status.as_deref(), Some("processed"));
+    assert!(events[0].has_payload);
+
+    let jobs = jobs(&app.store).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].kind, "update_clerk_metadata");
+    assert_eq!(jobs[0].status, "pending");
+    assert_eq!(jobs[0].attempts, 0);
+    assert_eq!(
+        jobs[0].payload.0,
+        json!({"type": "update_clerk_metadata.v1", "clerkId": u.clerk_id, "userId": u.id})
+    );
+    assert_ledger_adds_up(&app.store).await;
+}
+
+async fn twenty_concurrent_deliveries_of_one_message_make_one_user(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let body = fixture("clerk-user-created.json");
+
+    let sends: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(app.signed_request("msg_dup", &body).send()))
+        .collect();
+
+    let mut statuses = Vec::new();
+    for send in sends {
+        let (status, body) = status_json(send.await.unwrap().unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        statuses.push(body["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "processed").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "duplicate").count(),
+        19,
+        "{statuses:?}"
+    );
+    assert_eq!(users(&app.store).await.len(), 1);
+    assert_eq!(ledger(&app.store).await.len(), 1);
+    assert_eq!(jobs(&app.store).await.len(), 1);
+    assert_eq!(events(&app.store).await.len(), 1);
+}
+
+async fn update_before_create_creates_once_with_one_bonus(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+
+    let (s1, b1) = status_json(
+        app.post_webhook("msg_upd", &fixture("clerk-user-updated.json"))
+            .await,
+    )
+    .await;
+    let (s2, b2) = status_json(
+        app.post_webhook("msg_crt", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+
+    assert_eq!(
+        (s1, b1),
+        (200, json!({"status": "processed", "action": "created"}))
+    );
+    assert_eq!(s2, 200);
+    assert_eq!(b2["status"], "ignored", "{b2}");
+    let users = users(&app.store).await;
+    assert_eq!(users.len(), 1);
+    assert_eq!(
+        users[0].email, "example.new@example.org",
+        "the newer update wins"
+    );
+    assert_eq!(users[0].last_name.as_deref(), Some("Example Updated"));
+    assert_eq!(users[0].available, 20);
+    let ledger = ledger(&app.store).await;
+    assert_eq!(ledger.len(), 1, "one signup bonus");
+    assert_eq!(ledger[0].webhook_event_id.as_deref(), Some("msg_upd"));
+    assert_eq!(jobs(&app.store).await.len(), 1);
+    assert_ledger_adds_up(&app.store).await;
+}
+
+async fn stale_update_after_a_newer_one_changes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let mut older: Value = fixture_json("clerk-user-updated.json");
+    older["data"]["updated_at"] = json!(1654012700000i64);
+    older["data"]["last_name"] = json!("Older Name");
+
+    let (s, _) = status_json(
+        app.post_webhook("msg_c", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, b) = status_json(
+        app.post_webhook("msg_new", &fixture("clerk-user-updated.json"))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, b),
+        (200, json!({"status": "processed", "action": "updated"}))
+    );
+    let after_newer = users(&app.store).await;
+
+    let (s, b) = status_json(
+        app.post_webhook("msg_old", &serde_json::to_vec(&older).unwrap())
+            .await,
+    )
+    .await;
+
+    assert_eq!(s, 200);
+    assert_eq!(b["status"], "ignored");
+    assert!(b["reason"].as_str().unwrap().contains("stale"), "{b}");
+    assert_eq!(
+        users(&app.store).await,
+        after_newer,
+        "the user row is unchanged"
+    );
+    assert_eq!(after_newer[0].last_name.as_deref(), Some("Example Updated"));
+    assert!(after_newer[0].updated_at >= after_newer[0].created_at);
+    let ev = events(&app.store).await;
+    assert_eq!(ev.len(), 3);
+    assert_eq!(ev[2].status.as_deref(), Some("ignored"));
+    assert_eq!(ledger(&app.store).await.len(), 1);
+}
+
+async fn delete_then_late_update_does_not_resurrect(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+
+    status_json(
+        app.post_webhook("msg_c", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+    let (s, b) = status_json(
+        app.post_webhook("msg_d", &fixture("clerk-user-deleted.json"))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (s, b),
+        (200, json!({"status": "processed", "action": "deleted"}))
+    );
+    assert!(users(&app.store).await.is_empty(), "PII row deleted");
+    assert_eq!(ledger(&app.store).await.len(), 1, "ledger rows stay");
+
+    let (s, b) = status_json(
+        app.post_webhook("msg_late", &fixture("clerk-user-updated.json"))
+            .await,
+    )
+    .await;
+
+    assert_eq!(s, 200);
+    assert_eq!(b["status"], "ignored");
+    assert!(b["reason"].as_str().unwrap().contains("deleted"), "{b}");
+    assert!(users(&app.store).await.is_empty(), "not brought back");
+    // A repeated user.created for the deleted user does not grant a second bonus either.
+    let (_, b) = status_json(
+        app.post_webhook("msg_c2", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+    assert_eq!(b["status"], "ignored");
+    assert_eq!(ledger(&app.store).await.len(), 1);
+}
+
+async fn other_event_types_are_recorded_as_ignored(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let body = json!({"type": "session.created", "data": {"id": "sess_1"}, "object": "event"});
+
+    let (s, b) = status_json(
+        app.post_webhook("msg_sess", &serde_json::to_vec(&body).unwrap())
+            .await,
+    )
+    .await;
+
+    assert_eq!(s, 200);
+    assert_eq!(b["status"], "ignored");
+    let ev = events(&app.store).await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].event_type, "session.created");
+    assert_eq!(ev[0].status.as_deref(), Some("ignored"));
+    assert!(users(&app.store).await.is_empty());
+}
+
+async fn signed_malformed_json_and_no_email_are_recorded_as_failed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+
+    let (s, b) = status_json(
+        app.post_webhook("msg_bad_json", b"{\"type\": \"user.created\", ")
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        b,
+        json!({"status": "failed", "reason": "body is not valid JSON"})
+    );
+
+    let (s, b) = status_json(
+        app.post_webhook("msg_no_email", &fixture("clerk-user-created-no-email.json"))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        b,
+        json!({"status": "failed", "reason": "user has no email address"})
+    );
+
+    let ev = events(&app.store).await;
+    assert_eq!(ev.len(), 2);
+    assert_eq!(
+        (ev[0].event_id.as_str(), ev[0].event_type.as_str()),
+        ("msg_bad_json", "unknown")
+    );
+    assert_eq!(ev[0].status.as_deref(), Some("failed"));
+    assert_eq!(ev[0].error.as_deref(), Some("body is not valid JSON"));
+    assert!(!ev[0].processed && !ev[0].has_payload);
+    assert_eq!(ev[1].event_type, "user.created");
+    assert_eq!(ev[1].status.as_deref(), Some("failed"));
+    assert_eq!(ev[1].error.as_deref(), Some("user has no email address"));
+    assert!(users(&app.store).await.is_empty());
+    assert!(ledger(&app.store).await.is_empty());
+    assert!(jobs(&app.store).await.is_empty());
+
+    // The retry Svix would not send anyway is answered as a duplicate.
+    let (_, b) = status_json(
+        app.post_webhook("msg_no_email", &fixture("clerk-user-created-no-email.json"))
+            .await,
+    )
+    .await;
+    assert_eq!(b["status"], "duplicate");
+}
+
+async fn email_owned_by_another_clerk_user_is_failed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let mut other: Value = fixture_json("clerk-user-created.json");
+    other["data"]["id"] = json!("user_someoneElse");
+
+    status_json(
+        app.post_webhook("msg_first", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+    let (s, b) = status_json(
+        app.post_webhook("msg_other", &serde_json::to_vec(&other).unwrap())
+            .await,
+    )
+    .await;
+
+    assert_eq!(s, 200);
+    assert_eq!(b["status"], "failed");
+    assert_eq!(
+        b["reason"],
+        "email address already belongs to another Clerk user"
+    );
+    assert_eq!(users(&app.store).await.len(), 1);
+    assert_eq!(ledger(&app.store).await.len(), 1);
+    let ev = events(&app.store).await;
+    assert_eq!(ev[1].status.as_deref(), Some("failed"));
+}
+
+async fn a_failure_mid_transaction_writes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    // Sabotage the last insert of the transaction: the outbox table is gone.
+    db.exec(r#"ALTER TABLE "OutboxJob" RENAME TO "OutboxJobGone""#)
+        .await;
+
+    let (s, b) = status_json(
+        app.post_webhook("msg_x", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+
+    assert_eq!(s, 500, "{b}");
+    assert_eq!(b["error"], "internal_error");
+    assert!(
+        !b["message"].as_str().unwrap().contains("OutboxJob"),
+        "no SQL detail leaks: {b}"
+    );
+    assert!(users(&app.store).await.is_empty());
+    assert!(ledger(&app.store).await.is_empty());
+    assert!(events(&app.store).await.is_empty());
+
+    // Svix retries; once the table is back, the same message goes through.
+    db.exec(r#"ALTER TABLE "OutboxJobGone" RENAME TO "OutboxJob""#)
+        .await;
+    let (s, b) = status_json(
+        app.post_webhook("msg_x", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+    assert_eq!((s, b["status"].clone()), (200, json!("processed")));
+    assert_eq!(users(&app.store).await.len(), 1);
+}
