@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::http::metrics::Metrics;
 use crate::http::{router, system_clock, AppState, Clock};
 use crate::outbox::worker::{self, WorkerSettings};
 use crate::outbox::ClerkClient;
@@ -91,6 +92,7 @@ impl Application {
             },
             outbox_wake: Arc::new(Notify::new()),
             clock: system_clock(),
+            metrics: Arc::new(Metrics::default()),
         };
         Ok(Self {
             listener,
@@ -123,6 +125,7 @@ impl Application {
                 client,
                 settings,
                 self.state.outbox_wake.clone(),
+                self.state.metrics.clone(),
                 shutdown.clone(),
             ))
         });

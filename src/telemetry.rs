@@ -2,11 +2,39 @@
 
 use std::io::IsTerminal;
 
+use tracing::Subscriber;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
 pub const DEFAULT_FILTER: &str = "clerk_sync=info,tower_http=info,sqlx=warn";
+
+/// A subscriber writing to `sink`: JSON lines carry the fields of every enclosing span
+/// (request id, svix id, event type), so each line stands on its own.
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    sink: W,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(sink);
+    match format {
+        LogFormat::Pretty => Box::new(builder.compact().finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(true)
+                .finish(),
+        ),
+    }
+}
 
 /// Install the global subscriber. Logs go to stderr; stdout is left to command output.
 pub fn init(format: Option<LogFormat>) {
@@ -17,16 +45,5 @@ pub fn init(format: Option<LogFormat>) {
     } else {
         LogFormat::Json
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Pretty => builder.compact().try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .try_init(),
-    };
+    let _ = tracing::subscriber::set_global_default(subscriber(format, filter, std::io::stderr));
 }

@@ -2,6 +2,7 @@
 
 pub mod error;
 mod health;
+pub mod metrics;
 mod webhooks;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub struct AppState {
     pub outbox_wake: Arc<Notify>,
     /// Unix seconds for the signature's timestamp check; fixed in tests of the ±5 minute rule.
     pub clock: Clock,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -58,7 +60,7 @@ pub fn router(state: AppState) -> Router {
                 .get(&REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            if matches!(route, "/healthz" | "/readyz") {
+            if matches!(route, "/healthz" | "/readyz" | "/metrics") {
                 tracing::debug_span!("request", method = %request.method(), route, request_id)
             } else {
                 tracing::info_span!("request", method = %request.method(), route, request_id)
@@ -73,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/webhooks/clerk", post(webhooks::clerk_webhook))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .with_state(state)
         .layer(trace)

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use tracing::instrument;
 
 use super::error::ApiError;
+use super::metrics::Metrics;
 use super::AppState;
 use crate::signup::{self, Outcome};
 use crate::webhooks::verify::SignatureHeaders;
@@ -22,6 +23,14 @@ pub async fn clerk_webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    let result = handle(&state, headers, body).await;
+    if let Err(e) = &result {
+        Metrics::count(&state.metrics.webhook_errors, e.code());
+    }
+    result
+}
+
+async fn handle(state: &AppState, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
     let signature = SignatureHeaders::from_headers(&headers)?;
     tracing::Span::current().record("svix_id", signature.msg_id().as_str());
     let too_large = headers
@@ -42,6 +51,7 @@ pub async fn clerk_webhook(
     })?;
     let hook = signature.verify(&state.webhook_secrets, bytes, (state.clock)())?;
     let outcome = signup::handle(&state.store, &state.signup, &hook).await?;
+    Metrics::count(&state.metrics.webhook_events, outcome.status());
     if matches!(outcome, Outcome::Processed(signup::Action::Created)) {
         state.outbox_wake.notify_one();
     }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, instrument, warn};
 
 use super::{ClerkClient, DeliveryError, Job};
+use crate::http::metrics::Metrics;
 use crate::store::{self, Store, StoreError};
 use crate::with_pool;
 
@@ -195,13 +196,22 @@ pub async fn run(
     client: ClerkClient,
     settings: WorkerSettings,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     info!("outbox worker started");
     loop {
         let pause = match try_execute_job(&store, &client, &settings).await {
             Ok(Outcome::Empty) => settings.poll_interval,
-            Ok(_) => Duration::ZERO,
+            Ok(outcome) => {
+                let label = match outcome {
+                    Outcome::Done => "done",
+                    Outcome::Retried => "retried",
+                    _ => "dead",
+                };
+                Metrics::count(&metrics.outbox_jobs, label);
+                Duration::ZERO
+            }
             Err(e) => {
                 error!(error.message = %e, error.cause_chain = ?e, "outbox worker could not reach the database");
                 Duration::from_secs(5)

@@ -22,6 +22,23 @@ async fn health_and_readiness_when_all_is_well(backend: Backend) {
     assert_eq!(b["migrations"]["status"], "ok");
     let (s, b) = status_json(app.get("/nope").await).await;
     assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
+
+    app.post_webhook("msg_m", &fixture("clerk-user-created.json"))
+        .await;
+    app.post_webhook("msg_m", &fixture("clerk-user-created.json"))
+        .await;
+    app.post_raw(&[], b"{}".to_vec()).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for line in [
+        r#"clerk_sync_webhook_events_total{outcome="processed"} 1"#,
+        r#"clerk_sync_webhook_events_total{outcome="duplicate"} 1"#,
+        r#"clerk_sync_webhook_errors_total{outcome="missing_svix_headers"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
+    }
 }
 
 async fn database_down_gives_503_and_nothing_half_written(backend: Backend) {

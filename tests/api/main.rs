@@ -6,5 +6,6 @@ mod helpers;
 mod adoption;
 mod health;
 mod outbox;
+mod pgbouncer;
 mod signature;
 mod signup;

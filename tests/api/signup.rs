@@ -368,3 +368,36 @@ async fn a_failure_mid_transaction_writes_nothing(backend: Backend) {
     assert_eq!((s, b["status"].clone()), (200, json!("processed")));
     assert_eq!(users(&app.store).await.len(), 1);
 }
+
+both_backends!(send_command_posts_a_signed_sample_that_creates_a_user);
+
+async fn send_command_posts_a_signed_sample_that_creates_a_user(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let url = app.webhook_url();
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
+        .args([
+            "send",
+            "--url",
+            &url,
+            "--clerk-webhook-signing-secret",
+            SECRET,
+        ])
+        .output()
+        .await
+        .unwrap();
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("200 OK"), "{stdout}");
+    assert!(stdout.contains(r#""action":"created""#), "{stdout}");
+    let users = users(&app.store).await;
+    assert_eq!(users.len(), 1);
+    assert!(users[0].clerk_id.starts_with("user_"));
+    assert_eq!(ledger(&app.store).await.len(), 1);
+}
