@@ -36,8 +36,31 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply the embedded migrations; adopts a database the Prisma app already uses.
     Migrate(DatabaseArgs),
+    /// Check a live database end to end, without leaving a trace; print the SQL that fixes each problem.
+    Diagnose(DiagnoseArgs),
+    /// Insert a test user, read it back, update it, delete it, each step printed.
+    Smoke(DatabaseArgs),
     /// Send a correctly signed sample `user.created` (or a payload file) to a running server.
     Send(SendArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DiagnoseArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Print the report as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Apply the safe fixes (missing defaults, indexes, tables, columns, migrations, ledger
+    /// adjustments) in one transaction; never drops anything. Asks first unless --yes.
+    #[arg(long)]
+    pub fix: bool,
+
+    /// With --fix: do not ask.
+    #[arg(long, requires = "fix")]
+    pub yes: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,11 +1,13 @@
 pub mod cli;
 pub mod config;
 pub mod dev_secret;
+pub mod diagnose;
 pub mod domain;
 pub mod http;
 pub mod outbox;
 pub mod send;
 pub mod signup;
+pub mod smoke;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

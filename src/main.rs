@@ -6,16 +6,22 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use clerk_sync::cli::{Cli, Command};
-use clerk_sync::config::{Config, DatabaseSettings};
+use std::time::Duration;
+
+use clerk_sync::cli::{Cli, Command, DatabaseArgs, DiagnoseArgs};
+use clerk_sync::config::{Config, DatabaseSettings, DatabaseUrl};
 use clerk_sync::startup::Application;
 use clerk_sync::store::Store;
-use clerk_sync::{dev_secret, send, telemetry};
+use clerk_sync::{dev_secret, send, smoke, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let filter = match cli.command {
+        Command::Serve(_) => telemetry::DEFAULT_FILTER,
+        _ => telemetry::QUIET_FILTER,
+    };
+    telemetry::init(cli.log_format, filter);
     let _ = rustls::crypto::ring::default_provider().install_default();
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -30,7 +36,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(Config::from_serve_args(&args)?).await,
         Command::Migrate(args) => {
-            let settings = DatabaseSettings::from_args(&args, std::time::Duration::from_secs(30))?;
+            let settings = DatabaseSettings::from_args(&args, Duration::from_secs(30))?;
             let url = settings.migration_url();
             let store = Store::connect(url, 1, settings.transaction_timeout).await?;
             let pending = store
@@ -46,7 +52,88 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Send(args) => send::run(args).await,
+        Command::Diagnose(args) => diagnose(args).await,
+        Command::Smoke(args) => {
+            let store = open_existing(&args).await?;
+            let result = smoke::run(&store, &mut std::io::stdout()).await;
+            store.close().await;
+            result
+        }
     }
+}
+
+/// Connect for `diagnose` / `smoke` (over `DIRECT_URL` when set), refusing to create a
+/// SQLite file that is not there.
+async fn open_existing(args: &DatabaseArgs) -> anyhow::Result<Store> {
+    let settings = DatabaseSettings::from_args(args, Duration::from_secs(30))?;
+    let url = settings.migration_url();
+    if let DatabaseUrl::Sqlite { path, .. } = url {
+        anyhow::ensure!(path.exists(), "no SQLite database at {}", path.display());
+    }
+    Ok(Store::connect(url, 2, Duration::from_secs(10)).await?)
+}
+
+async fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
+    let store = open_existing(&args.database).await?;
+    let settings = DatabaseSettings::from_args(&args.database, Duration::from_secs(30))?;
+    let url = settings.migration_url();
+    let target = clerk_sync::diagnose::Target {
+        display: url.to_string(),
+        pgbouncer: matches!(
+            url,
+            DatabaseUrl::Postgres {
+                pgbouncer: true,
+                ..
+            }
+        ),
+    };
+    let mut report = clerk_sync::diagnose::run(&store, &target).await;
+    print_report(&report, args.json)?;
+    if args.fix {
+        let fixes = report.safe_fixes();
+        if fixes.is_empty() {
+            eprintln!("nothing that --fix can apply");
+        } else {
+            eprintln!(
+                "{} fix(es) to apply in one transaction (pending migrations run first).",
+                fixes.len()
+            );
+            if !args.yes && !confirm("Apply them? [y/N] ")? {
+                anyhow::bail!("not applied");
+            }
+            clerk_sync::diagnose::apply_fixes(&store, &fixes)
+                .await
+                .context("applying fixes (nothing was changed)")?;
+            eprintln!("applied; checking again");
+            report = clerk_sync::diagnose::run(&store, &target).await;
+            print_report(&report, args.json)?;
+        }
+    }
+    store.close().await;
+    anyhow::ensure!(report.ok, "{}/{} steps passed", report.passed, report.total);
+    Ok(())
+}
+
+fn print_report(report: &clerk_sync::diagnose::Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
+
+fn confirm(prompt: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    anyhow::ensure!(
+        std::io::stdin().is_terminal(),
+        "stdin is not a terminal: pass --yes to apply without asking"
+    );
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {

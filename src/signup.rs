@@ -2,8 +2,10 @@
 //! this file, for both backends.
 //!
 //! For `user.created` / `user.updated`, in ONE transaction:
-//! 1. insert the `"WebhookEvent"` row keyed by `svix-id` (`ON CONFLICT DO NOTHING`): no row
-//!    back means the message was already handled, so nothing else happens;
+//! 1. insert the `"WebhookEvent"` row keyed by `svix-id`: no row back means the message was
+//!    already handled, so nothing else happens. A message recorded as `failed` is claimed
+//!    again when it is redelivered (a Svix retry after a 5xx, or a resend from the
+//!    dashboard once the cause is fixed);
 //! 2. upsert `"ClerkUserSync"` only if this event is newer than what was applied and the
 //!    user is not deleted (this row also serialises concurrent events for one user);
 //! 3. refuse an email address that belongs to another Clerk user (recorded as `failed`);
@@ -33,6 +35,8 @@ use crate::with_tx;
 pub struct SignupSettings {
     pub signup_credits: i32,
     pub transaction_timeout: Duration,
+    /// Run every statement, then roll back instead of committing (`diagnose`).
+    pub dry_run: bool,
 }
 
 /// What became of one verified webhook. Every variant is answered 200.
@@ -81,7 +85,11 @@ const INSERT_EVENT: &str = r#"
 INSERT INTO "WebhookEvent"
     ("id", "eventId", "eventType", "processed", "processedAt", "createdAt", "status", "error", "payload")
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT ("eventId") DO NOTHING
+ON CONFLICT ("eventId") DO UPDATE SET
+    "eventType" = excluded."eventType", "processed" = excluded."processed",
+    "processedAt" = excluded."processedAt", "status" = excluded."status",
+    "error" = excluded."error", "payload" = excluded."payload"
+WHERE "WebhookEvent"."status" = 'failed'
 RETURNING "id""#;
 
 const MARK_EVENT_IGNORED: &str = r#"
@@ -103,13 +111,13 @@ SELECT "deletedAt" IS NOT NULL FROM "ClerkUserSync" WHERE "clerkId" = $1"#;
 const EMAIL_OWNED_BY_OTHER: &str = r#"
 SELECT EXISTS (SELECT 1 FROM "User" WHERE "email" = $1 AND "clerkId" <> $2)"#;
 
-const UPDATE_USER: &str = r#"
+pub(crate) const UPDATE_USER: &str = r#"
 UPDATE "User"
 SET "email" = $2, "photo" = $3, "firstName" = $4, "lastName" = $5, "updatedAt" = $6
 WHERE "clerkId" = $1
 RETURNING "id""#;
 
-const INSERT_USER: &str = r#"
+pub(crate) const INSERT_USER: &str = r#"
 INSERT INTO "User"
     ("id", "clerkId", "email", "photo", "firstName", "lastName",
      "usedGenerations", "availableGenerations", "createdAt", "updatedAt")
@@ -171,7 +179,7 @@ async fn dispatch(
                 event_type: "unknown",
                 payload: None,
             };
-            return record_only(store, &event, STATUS_FAILED, e.to_string()).await;
+            return record_only(store, settings, &event, STATUS_FAILED, e.to_string()).await;
         }
     };
     let event_type: String = envelope.event_type.chars().take(100).collect();
@@ -188,7 +196,7 @@ async fn dispatch(
                 span.record("clerk_user_id", profile.clerk_id.as_str());
                 upsert_user(store, settings, &event, &profile).await
             }
-            Err(e) => record_only(store, &event, STATUS_FAILED, e.to_string()).await,
+            Err(e) => record_only(store, settings, &event, STATUS_FAILED, e.to_string()).await,
         },
         "user.deleted" => match envelope.deleted_user() {
             Ok(clerk_id) => {
@@ -196,11 +204,12 @@ async fn dispatch(
                 let ts = envelope.timestamp.unwrap_or(hook.timestamp() * 1000);
                 delete_user(store, &event, &clerk_id, ts).await
             }
-            Err(e) => record_only(store, &event, STATUS_FAILED, e.to_string()).await,
+            Err(e) => record_only(store, settings, &event, STATUS_FAILED, e.to_string()).await,
         },
         _ => {
             record_only(
                 store,
+                settings,
                 &event,
                 STATUS_IGNORED,
                 "event type not handled".into(),
@@ -231,7 +240,17 @@ async fn upsert_user(
             }
             Ok(outcome)
         }
-        Ok(UpsertResult::Refused(reason)) => record_only(store, event, STATUS_FAILED, reason).await,
+        Ok(UpsertResult::Refused(reason)) => {
+            record_only(store, settings, event, STATUS_FAILED, reason).await
+        }
+        Err(StoreError::Constraint(violation)) => {
+            // The schema refused the write (e.g. a NOT NULL column without DEFAULT added by
+            // another writer). Record why, and answer 5xx so Svix retries: the redelivery
+            // claims the failed event again once the schema is fixed.
+            warn!(reason = %violation, "user creation failed");
+            record_only(store, settings, event, STATUS_FAILED, violation.to_string()).await?;
+            Err(StoreError::Constraint(violation))
+        }
         Err(e) => {
             warn!(error.message = %e, "user creation failed");
             Err(e)
@@ -246,11 +265,10 @@ async fn upsert_user_tx(
     profile: &UserProfile,
 ) -> Result<UpsertResult, StoreError> {
     let now = store::now();
-    let event_row_id = new_id();
     let clerk_id = profile.clerk_id.as_str();
     with_tx!(store, |tx, p| {
         let inserted: Option<String> = sqlx::query_scalar(INSERT_EVENT)
-            .bind(&event_row_id)
+            .bind(new_id())
             .bind(event.msg_id.as_str())
             .bind(event.event_type)
             .bind(true)
@@ -262,9 +280,9 @@ async fn upsert_user_tx(
             .persistent(p)
             .fetch_optional(&mut *tx)
             .await?;
-        if inserted.is_none() {
+        let Some(event_row_id) = inserted else {
             return Ok(UpsertResult::Done(Outcome::Duplicate));
-        }
+        };
 
         let fresh: Option<String> = sqlx::query_scalar(CLAIM_USER_SYNC)
             .bind(clerk_id)
@@ -289,7 +307,11 @@ async fn upsert_user_tx(
                 .persistent(p)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
+            if settings.dry_run {
+                tx.rollback().await?;
+            } else {
+                tx.commit().await?;
+            }
             info!(reason, "event ignored");
             return Ok(UpsertResult::Done(Outcome::Ignored(reason.to_owned())));
         }
@@ -360,7 +382,11 @@ async fn upsert_user_tx(
             info!(user_id = %user_id, "user created");
             Action::Created
         };
-        tx.commit().await?;
+        if settings.dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
         Ok(UpsertResult::Done(Outcome::Processed(action)))
     })
 }
@@ -412,12 +438,20 @@ async fn delete_user(
 /// Record an event that changes nothing else (`ignored` or `failed`), in one statement.
 async fn record_only(
     store: &Store,
+    settings: &SignupSettings,
     event: &EventRow<'_>,
     status: &'static str,
     reason: String,
 ) -> Result<Outcome, StoreError> {
     let now = store::now();
     let failed = status == STATUS_FAILED;
+    if settings.dry_run {
+        return Ok(if failed {
+            Outcome::Failed(reason)
+        } else {
+            Outcome::Ignored(reason)
+        });
+    }
     let inserted: Option<String> = crate::with_pool!(store, |pool, p| {
         sqlx::query_scalar(INSERT_EVENT)
             .bind(new_id())

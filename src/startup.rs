@@ -89,6 +89,7 @@ impl Application {
             signup: SignupSettings {
                 signup_credits: config.signup_credits,
                 transaction_timeout: config.database.transaction_timeout,
+                dry_run: false,
             },
             outbox_wake: Arc::new(Notify::new()),
             clock: system_clock(),

@@ -9,6 +9,8 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::LogFormat;
 
 pub const DEFAULT_FILTER: &str = "clerk_sync=info,tower_http=info,sqlx=warn";
+/// For one-shot commands (`diagnose`, `smoke`, `migrate`, `send`), whose output is the report.
+pub const QUIET_FILTER: &str = "warn";
 
 /// A subscriber writing to `sink`: JSON lines carry the fields of every enclosing span
 /// (request id, svix id, event type), so each line stands on its own.
@@ -37,9 +39,9 @@ where
 }
 
 /// Install the global subscriber. Logs go to stderr; stdout is left to command output.
-pub fn init(format: Option<LogFormat>) {
+pub fn init(format: Option<LogFormat>, default_filter: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let format = format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Pretty
     } else {

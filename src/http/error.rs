@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::store::StoreError;
+use crate::store::{ConstraintViolation, StoreError};
 use crate::webhooks::VerifyError;
 
 #[derive(thiserror::Error)]
@@ -23,6 +23,10 @@ pub enum ApiError {
     NotFound,
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] StoreError),
+    /// The schema refused a write: named (table, column or constraint, hint), never the
+    /// SQL or the values.
+    #[error("{0}")]
+    Constraint(ConstraintViolation),
     #[error("internal error")]
     Internal(#[source] StoreError),
 }
@@ -49,10 +53,10 @@ pub fn error_chain_fmt(
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        if e.is_retryable() {
-            Self::Unavailable(e)
-        } else {
-            Self::Internal(e)
+        match e {
+            e if e.is_retryable() => Self::Unavailable(e),
+            StoreError::Constraint(v) => Self::Constraint(v),
+            e => Self::Internal(e),
         }
     }
 }
@@ -65,7 +69,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal(_) | Self::Constraint(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -81,6 +85,7 @@ impl ApiError {
             Self::BodyUnreadable => "body_unreadable",
             Self::NotFound => "not_found",
             Self::Unavailable(_) => "database_unavailable",
+            Self::Constraint(_) => "constraint_violation",
             Self::Internal(_) => "internal_error",
         }
     }

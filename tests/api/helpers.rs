@@ -56,7 +56,10 @@ fn init() {
     INIT.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
         if std::env::var_os("TEST_LOG").is_some() {
-            clerk_sync::telemetry::init(Some(clerk_sync::cli::LogFormat::Pretty));
+            clerk_sync::telemetry::init(
+                Some(clerk_sync::cli::LogFormat::Pretty),
+                clerk_sync::telemetry::DEFAULT_FILTER,
+            );
         }
     });
 }
@@ -448,25 +451,16 @@ pub async fn jobs(store: &Store) -> Vec<JobRow> {
     })
 }
 
-/// Per user: credits minus debits in the ledger, next to `available - used`.
+/// Per user: credits minus debits in the ledger equal `available - used` (the check
+/// `diagnose` runs).
 pub async fn assert_ledger_adds_up(store: &Store) {
-    let rows: Vec<(String, i64, i64)> = with_pool!(store, |pool, _p| {
-        sqlx::query_as(
-            r#"SELECT u."id",
-                      CAST(u."availableGenerations" - u."usedGenerations" AS BIGINT),
-                      CAST(COALESCE((SELECT SUM(CASE WHEN t."type" = 'credit' THEN t."amount"
-                                                     WHEN t."type" = 'debit' THEN -t."amount"
-                                                     ELSE 0 END)
-                                     FROM "Transaction" t WHERE t."userId" = u."id"), 0) AS BIGINT)
-               FROM "User" u"#,
-        )
-        .fetch_all(pool)
+    let mismatches = clerk_sync::diagnose::ledger_mismatches(store)
         .await
-        .unwrap()
-    });
-    for (id, balance, ledger) in rows {
-        assert_eq!(balance, ledger, "ledger of user {id} does not add up");
-    }
+        .unwrap();
+    assert!(
+        mismatches.is_empty(),
+        "ledger does not add up: {mismatches:?}"
+    );
 }
 
 /// Make every pending job due now (stands in for waiting out the backoff).

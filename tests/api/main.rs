@@ -4,6 +4,7 @@
 mod helpers;
 
 mod adoption;
+mod diagnose;
 mod health;
 mod outbox;
 mod pgbouncer;
