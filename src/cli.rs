@@ -104,6 +104,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CLERK_SECRET_KEY", hide_env_values = true)]
     pub clerk_secret_key: Option<String>,
 
+    /// Bearer keys for the `/v1` credits API, comma separated (several during rotation;
+    /// at least 16 characters each). Unset: every `/v1` call is refused.
+    #[arg(long, env = "CLERK_SYNC_API_KEYS", hide_env_values = true)]
+    pub clerk_sync_api_keys: Option<String>,
+
     /// Clerk Backend API base URL.
     #[arg(long, env = "CLERK_API_URL", default_value = "https://api.clerk.com")]
     pub clerk_api_url: String,

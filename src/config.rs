@@ -234,6 +234,8 @@ pub struct Config {
     pub webhook_secrets: Vec<WebhookSecret>,
     pub clerk: ClerkSettings,
     pub signup_credits: i32,
+    /// Keys accepted by the `/v1` API; empty refuses every call.
+    pub api_keys: Vec<Redacted<String>>,
     /// Run the outbox worker inside `serve` (tests step it by hand instead).
     pub run_worker: bool,
 }
@@ -277,9 +279,29 @@ impl Config {
                 format!("must be between 0 and {MAX_CREDITS}"),
             ));
         }
+        let api_keys = args
+            .clerk_sync_api_keys
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .enumerate()
+            .map(|(i, k)| {
+                if k.len() >= 16 && k.bytes().all(|b| b.is_ascii_graphic()) {
+                    Ok(Redacted(k.to_owned()))
+                } else {
+                    Err(invalid(
+                        "CLERK_SYNC_API_KEYS",
+                        format!("key #{} must be at least 16 printable characters", i + 1),
+                    ))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             database,
             listen: SocketAddr::new(ip, args.port),
+            api_keys,
             webhook_secrets,
             clerk: ClerkSettings {
                 api_url,

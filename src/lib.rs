@@ -1,5 +1,6 @@
 pub mod cli;
 pub mod config;
+pub mod credits;
 pub mod dev_secret;
 pub mod diagnose;
 pub mod domain;

@@ -233,7 +233,7 @@ async fn upsert_user(
     profile: &UserProfile,
 ) -> Result<Outcome, StoreError> {
     info!("user creation started");
-    match upsert_user_tx(store, settings, event, profile).await {
+    match upsert_user_tx(store, settings, Some(event), profile).await {
         Ok(UpsertResult::Done(outcome)) => {
             if let Outcome::Processed(action) = &outcome {
                 info!(action = action.as_str(), "transaction completed");
@@ -258,31 +258,37 @@ async fn upsert_user(
     }
 }
 
+/// `event` is `None` when the user is provisioned from Clerk's Backend API (a credits call
+/// that arrived before the webhook): everything else is the same transaction.
 async fn upsert_user_tx(
     store: &Store,
     settings: &SignupSettings,
-    event: &EventRow<'_>,
+    event: Option<&EventRow<'_>>,
     profile: &UserProfile,
 ) -> Result<UpsertResult, StoreError> {
     let now = store::now();
     let clerk_id = profile.clerk_id.as_str();
     with_tx!(store, |tx, p| {
-        let inserted: Option<String> = sqlx::query_scalar(INSERT_EVENT)
-            .bind(new_id())
-            .bind(event.msg_id.as_str())
-            .bind(event.event_type)
-            .bind(true)
-            .bind(Some(now))
-            .bind(now)
-            .bind(STATUS_PROCESSED)
-            .bind(None::<String>)
-            .bind(event.payload.map(Json))
-            .persistent(p)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(event_row_id) = inserted else {
-            return Ok(UpsertResult::Done(Outcome::Duplicate));
-        };
+        let mut event_row_id = None;
+        if let Some(event) = event {
+            let inserted: Option<String> = sqlx::query_scalar(INSERT_EVENT)
+                .bind(new_id())
+                .bind(event.msg_id.as_str())
+                .bind(event.event_type)
+                .bind(true)
+                .bind(Some(now))
+                .bind(now)
+                .bind(STATUS_PROCESSED)
+                .bind(None::<String>)
+                .bind(event.payload.map(Json))
+                .persistent(p)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if inserted.is_none() {
+                return Ok(UpsertResult::Done(Outcome::Duplicate));
+            }
+            event_row_id = inserted;
+        }
 
         let fresh: Option<String> = sqlx::query_scalar(CLAIM_USER_SYNC)
             .bind(clerk_id)
@@ -301,12 +307,14 @@ async fn upsert_user_tx(
             } else {
                 "stale: an event with a newer updated_at was already applied"
             };
-            sqlx::query(MARK_EVENT_IGNORED)
-                .bind(&event_row_id)
-                .bind(reason)
-                .persistent(p)
-                .execute(&mut *tx)
-                .await?;
+            if let Some(event_row_id) = &event_row_id {
+                sqlx::query(MARK_EVENT_IGNORED)
+                    .bind(event_row_id)
+                    .bind(reason)
+                    .persistent(p)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             if settings.dry_run {
                 tx.rollback().await?;
             } else {
@@ -360,7 +368,7 @@ async fn upsert_user_tx(
                     .bind(clerk_id)
                     .bind(&user_id)
                     .bind(settings.signup_credits)
-                    .bind(event.msg_id.as_str())
+                    .bind(event.map(|e| e.msg_id.as_str()))
                     .bind(format!("signup:{clerk_id}"))
                     .bind(now)
                     .persistent(p)
@@ -389,6 +397,33 @@ async fn upsert_user_tx(
         }
         Ok(UpsertResult::Done(Outcome::Processed(action)))
     })
+}
+
+/// Provision a user from Clerk's Backend API exactly as `user.created` would (same
+/// transaction, same signup bonus key), without a webhook event. A webhook that arrives
+/// later for the same `updated_at` changes nothing.
+#[instrument(name = "provision", skip_all, fields(clerk_user_id = %profile.clerk_id))]
+pub async fn provision(
+    store: &Store,
+    settings: &SignupSettings,
+    profile: &UserProfile,
+) -> Result<Outcome, StoreError> {
+    info!("user creation started");
+    let run = upsert_user_tx(store, settings, None, profile);
+    match tokio::time::timeout(settings.transaction_timeout, run)
+        .await
+        .map_err(|_| StoreError::Timeout(settings.transaction_timeout))?
+    {
+        Ok(UpsertResult::Done(outcome)) => {
+            info!(outcome = outcome.status(), "transaction completed");
+            Ok(outcome)
+        }
+        Ok(UpsertResult::Refused(reason)) => Ok(Outcome::Failed(reason)),
+        Err(e) => {
+            warn!(error.message = %e, "user creation failed");
+            Err(e)
+        }
+    }
 }
 
 async fn delete_user(

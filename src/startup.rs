@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::http::auth::ApiKeys;
 use crate::http::metrics::Metrics;
 use crate::http::{router, system_clock, AppState, Clock};
 use crate::outbox::worker::{self, WorkerSettings};
@@ -83,6 +84,9 @@ impl Application {
                 None
             }
         };
+        if config.api_keys.is_empty() {
+            warn!("CLERK_SYNC_API_KEYS is not set: the /v1 credits API refuses every request");
+        }
         let state = AppState {
             store,
             webhook_secrets: config.webhook_secrets.clone().into(),
@@ -94,6 +98,8 @@ impl Application {
             outbox_wake: Arc::new(Notify::new()),
             clock: system_clock(),
             metrics: Arc::new(Metrics::default()),
+            api_keys: ApiKeys::new(&config.api_keys),
+            clerk: worker.as_ref().map(|(client, _)| client.clone()),
         };
         Ok(Self {
             listener,

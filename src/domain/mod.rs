@@ -2,9 +2,11 @@
 //! Error messages never echo the input (it may be an email address).
 
 mod clerk_user_id;
+mod credits;
 mod email;
 mod svix_message_id;
 
 pub use clerk_user_id::{ClerkUserId, ClerkUserIdError};
+pub use credits::{Amount, AmountError, CallerKey, CallerKeyError};
 pub use email::{EmailAddress, EmailError};
 pub use svix_message_id::{SvixMessageId, SvixMessageIdError};

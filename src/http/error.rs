@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::credits::CreditsError;
 use crate::store::{ConstraintViolation, StoreError};
 use crate::webhooks::VerifyError;
 
@@ -21,6 +22,22 @@ pub enum ApiError {
     BodyUnreadable,
     #[error("no such route")]
     NotFound,
+    #[error("a valid `Authorization: Bearer <key>` header is required")]
+    Unauthorized,
+    #[error("`{field}` {problem}")]
+    InvalidRequest { field: String, problem: String },
+    #[error("no such user")]
+    UserNotFound,
+    #[error("not enough credits: balance is {balance}")]
+    InsufficientCredits { balance: i64 },
+    #[error("this idempotency key was already used for a different request")]
+    IdempotencyConflict,
+    #[error("the grant would take availableGenerations past its limit")]
+    LimitExceeded,
+    #[error("the Clerk API could not provide the user; retry later")]
+    ClerkUnavailable(#[source] crate::outbox::DeliveryError),
+    #[error("the Clerk user cannot be provisioned: {0}")]
+    Unprovisionable(String),
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] StoreError),
     /// The schema refused a write: named (table, column or constraint, hint), never the
@@ -61,13 +78,40 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<CreditsError> for ApiError {
+    fn from(e: CreditsError) -> Self {
+        match e {
+            CreditsError::UnknownUser => Self::UserNotFound,
+            CreditsError::InsufficientCredits { balance } => Self::InsufficientCredits { balance },
+            CreditsError::IdempotencyConflict => Self::IdempotencyConflict,
+            CreditsError::LimitExceeded => Self::LimitExceeded,
+            CreditsError::Clerk(e) => Self::ClerkUnavailable(e),
+            CreditsError::Unprovisionable(reason) => Self::Unprovisionable(reason),
+            CreditsError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl ApiError {
+    pub fn invalid(field: impl Into<String>, problem: impl ToString) -> Self {
+        Self::InvalidRequest {
+            field: field.into(),
+            problem: problem.to_string(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadSignatureHeaders(_) | Self::BodyUnreadable => StatusCode::BAD_REQUEST,
             Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UserNotFound => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
+            Self::IdempotencyConflict => StatusCode::CONFLICT,
+            Self::LimitExceeded | Self::Unprovisionable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ClerkUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) | Self::Constraint(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -84,6 +128,14 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::BodyUnreadable => "body_unreadable",
             Self::NotFound => "not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::UserNotFound => "user_not_found",
+            Self::InsufficientCredits { .. } => "insufficient_credits",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::ClerkUnavailable(_) => "clerk_unavailable",
+            Self::Unprovisionable(_) => "unprovisionable_user",
             Self::Unavailable(_) => "database_unavailable",
             Self::Constraint(_) => "constraint_violation",
             Self::Internal(_) => "internal_error",
@@ -99,8 +151,18 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(error.code = self.code(), error.message = %self, "request refused");
         }
-        let body = serde_json::json!({"error": self.code(), "message": self.to_string()});
-        (status, Json(body)).into_response()
+        let mut body = serde_json::json!({"error": self.code(), "message": self.to_string()});
+        if let Self::InsufficientCredits { balance } = &self {
+            body["balance"] = (*balance).into();
+        }
+        let mut response = (status, Json(body)).into_response();
+        if let Self::Unauthorized = self {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 

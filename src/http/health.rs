@@ -7,10 +7,17 @@ use serde_json::{json, Value};
 
 use super::AppState;
 
+/// The process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "`{\"status\": \"ok\"}`")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The database is reachable and the migrations are current.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready, with a per-component report"),
+    (status = 503, description = "Not ready, with a per-component report"),
+))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = state.store.ping().await;
     let migrations = match &database {

@@ -62,6 +62,8 @@ impl Metrics {
     }
 }
 
+/// Prometheus / OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = String::new();
     // Writing into a String cannot fail.

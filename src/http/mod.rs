@@ -1,6 +1,9 @@
 //! The HTTP surface: thin handlers over the use cases.
 
+pub mod auth;
+mod credits;
 pub mod error;
+mod extract;
 mod health;
 pub mod metrics;
 mod webhooks;
@@ -10,7 +13,7 @@ use std::time::Duration;
 
 use axum::extract::MatchedPath;
 use axum::http::{HeaderName, Request};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use tokio::sync::Notify;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -34,6 +37,9 @@ pub struct AppState {
     /// Unix seconds for the signature's timestamp check; fixed in tests of the ±5 minute rule.
     pub clock: Clock,
     pub metrics: Arc<metrics::Metrics>,
+    pub api_keys: auth::ApiKeys,
+    /// The Clerk Backend API, when `CLERK_SECRET_KEY` is set (lazy provisioning).
+    pub clerk: Option<crate::outbox::ClerkClient>,
 }
 
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -46,6 +52,56 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+/// Every error response: `{"error": "<machine code>", "message": "<for a human>"}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+    /// The current balance, on `insufficient_credits` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "clerk-sync", description = "Clerk webhooks provisioned exactly once, and the credits API."),
+    modifiers(&BearerKey)
+)]
+struct ApiDoc;
+
+struct BearerKey;
+
+impl utoipa::Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
+
+/// The routes and the OpenAPI document generated from the same handler annotations, so
+/// the document cannot drift from what is served.
+fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(webhooks::clerk_webhook))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(credits::get_user))
+        .routes(routes!(credits::consume))
+        .routes(routes!(credits::grant))
+        .routes(routes!(credits::ledger))
+        .split_for_parts()
 }
 
 pub fn router(state: AppState) -> Router {
@@ -71,11 +127,16 @@ pub fn router(state: AppState) -> Router {
                 .level(Level::INFO)
                 .latency_unit(tower_http::LatencyUnit::Millis),
         );
-    Router::new()
-        .route("/api/webhooks/clerk", post(webhooks::clerk_webhook))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics))
+    let (routes, openapi) = routes();
+    let openapi = Arc::new(openapi);
+    routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let openapi = openapi.clone();
+                async move { axum::Json(openapi) }
+            }),
+        )
         .fallback(not_found)
         .with_state(state)
         .layer(trace)

@@ -5,24 +5,42 @@ use axum::body::{to_bytes, Body};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
-use serde_json::{json, Value};
 use tracing::instrument;
 
 use super::error::ApiError;
 use super::metrics::Metrics;
-use super::AppState;
+use super::{AppState, ErrorBody};
 use crate::signup::{self, Outcome};
 use crate::webhooks::verify::SignatureHeaders;
 
 /// Clerk user events are a few KiB; Svix caps payloads far below this.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// A Svix-signed Clerk event (`user.created`, `user.updated`, `user.deleted`; others are
+/// recorded as ignored). The signature is checked on the raw body.
+#[utoipa::path(
+    post, path = "/api/webhooks/clerk", tag = "webhooks",
+    params(
+        ("svix-id" = String, Header, description = "Message id (or `webhook-id`)"),
+        ("svix-timestamp" = i64, Header, description = "Unix seconds (or `webhook-timestamp`)"),
+        ("svix-signature" = String, Header, description = "Space-separated `v1,<base64>` (or `webhook-signature`)"),
+    ),
+    request_body(content = String, content_type = "application/json", description = "The Clerk event, at most 256 KiB"),
+    responses(
+        (status = 200, body = WebhookOutcome, description = "processed, duplicate, ignored or failed (recorded with its reason)"),
+        (status = 400, body = ErrorBody, description = "Svix headers missing or malformed"),
+        (status = 401, body = ErrorBody, description = "Signature invalid or timestamp outside ±5 minutes"),
+        (status = 413, body = ErrorBody),
+        (status = 500, body = ErrorBody, description = "The schema refused the write (`constraint_violation`); Svix retries"),
+        (status = 503, body = ErrorBody, description = "Database unavailable; Svix retries"),
+    )
+)]
 #[instrument(name = "clerk_webhook", skip_all, fields(svix_id))]
 pub async fn clerk_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookOutcome>, ApiError> {
     let result = handle(&state, headers, body).await;
     if let Err(e) = &result {
         Metrics::count(&state.metrics.webhook_errors, e.code());
@@ -30,7 +48,24 @@ pub async fn clerk_webhook(
     result
 }
 
-async fn handle(state: &AppState, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+/// What became of a verified webhook.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct WebhookOutcome {
+    /// `processed`, `duplicate`, `ignored` or `failed`.
+    status: &'static str,
+    /// `created`, `updated` or `deleted`, when processed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'static str>,
+    /// Why, when ignored or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+async fn handle(
+    state: &AppState,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<WebhookOutcome>, ApiError> {
     let signature = SignatureHeaders::from_headers(&headers)?;
     tracing::Span::current().record("svix_id", signature.msg_id().as_str());
     let too_large = headers
@@ -55,13 +90,22 @@ async fn handle(state: &AppState, headers: HeaderMap, body: Body) -> Result<Json
     if matches!(outcome, Outcome::Processed(signup::Action::Created)) {
         state.outbox_wake.notify_one();
     }
-    Ok(Json(match &outcome {
-        Outcome::Processed(action) => {
-            json!({"status": outcome.status(), "action": action.as_str()})
-        }
-        Outcome::Duplicate => json!({"status": outcome.status()}),
-        Outcome::Ignored(reason) | Outcome::Failed(reason) => {
-            json!({"status": outcome.status(), "reason": reason})
-        }
+    let status = outcome.status();
+    Ok(Json(match outcome {
+        Outcome::Processed(action) => WebhookOutcome {
+            status,
+            action: Some(action.as_str()),
+            reason: None,
+        },
+        Outcome::Duplicate => WebhookOutcome {
+            status,
+            action: None,
+            reason: None,
+        },
+        Outcome::Ignored(reason) | Outcome::Failed(reason) => WebhookOutcome {
+            status,
+            action: None,
+            reason: Some(reason),
+        },
     }))
 }

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde::Deserialize;
 use url::Url;
 
 use crate::config::Redacted;
@@ -35,12 +34,6 @@ pub enum DeliveryError {
     /// Any other 4xx: the same request will fail again.
     #[error("permanent: {0}")]
     Permanent(String),
-}
-
-/// The part of Clerk's user object the credits path needs (issue 4 reuses the client).
-#[derive(Debug, Deserialize)]
-pub struct ClerkUserResponse {
-    pub id: String,
 }
 
 impl ClerkClient {
@@ -84,6 +77,36 @@ impl ClerkClient {
                 retry_after: None,
             })?;
         classify(response.status(), response.headers())
+    }
+}
+
+impl ClerkClient {
+    /// `GET /v1/users/{id}`: the Clerk user object, or `None` when Clerk has no such user.
+    pub async fn get_user(
+        &self,
+        clerk_id: &str,
+    ) -> Result<Option<serde_json::Value>, DeliveryError> {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/users/{clerk_id}")))
+            .bearer_auth(&self.secret_key.0)
+            .send()
+            .await
+            .map_err(|e| DeliveryError::Retryable {
+                reason: if e.is_timeout() {
+                    "request timed out".to_owned()
+                } else {
+                    "could not reach the Clerk API".to_owned()
+                },
+                retry_after: None,
+            })?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        classify(response.status(), response.headers())?;
+        response.json().await.map(Some).map_err(|_| {
+            DeliveryError::Permanent("Clerk API answered with a body that is not JSON".to_owned())
+        })
     }
 }
 

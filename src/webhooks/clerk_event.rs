@@ -105,36 +105,47 @@ pub fn parse_envelope(body: &[u8]) -> Result<(Envelope, Value), PayloadError> {
 impl Envelope {
     /// The user of a `user.created` / `user.updated` event.
     pub fn user_profile(&self) -> Result<UserProfile, PayloadError> {
-        let raw: RawUser = from_value(&self.data, "data")?;
-        let clerk_id =
-            ClerkUserId::parse(&raw.id).map_err(|e| PayloadError::field("data.id", e))?;
-        let primary = raw
-            .primary_email_address_id
-            .as_deref()
-            .and_then(|pid| {
-                raw.email_addresses
-                    .iter()
-                    .find(|e| e.id.as_deref() == Some(pid))
-            })
-            .or_else(|| raw.email_addresses.first())
-            .ok_or(PayloadError::NoEmail)?;
-        let email = EmailAddress::parse(&primary.email_address)
-            .map_err(|e| PayloadError::field("data.email_addresses[].email_address", e))?;
-        let clerk_updated_at = raw
-            .updated_at
-            .or(raw.created_at)
-            .or(self.timestamp)
-            .ok_or_else(|| PayloadError::field("data.updated_at", "is missing"))?;
-        Ok(UserProfile {
-            clerk_id,
-            email,
-            photo: raw.image_url.unwrap_or_default(),
-            first_name: raw.first_name.filter(|s| !s.is_empty()),
-            last_name: raw.last_name.filter(|s| !s.is_empty()),
-            clerk_updated_at,
-        })
+        profile_from_user(&self.data, self.timestamp)
     }
+}
 
+/// A Clerk user object (an event's `data`, or the Backend API's `GET /v1/users/{id}`)
+/// as the profile the signup path stores. `fallback_ms` orders it when Clerk sent no
+/// `updated_at`.
+pub fn profile_from_user(
+    user: &Value,
+    fallback_ms: Option<i64>,
+) -> Result<UserProfile, PayloadError> {
+    let raw: RawUser = from_value(user, "data")?;
+    let clerk_id = ClerkUserId::parse(&raw.id).map_err(|e| PayloadError::field("data.id", e))?;
+    let primary = raw
+        .primary_email_address_id
+        .as_deref()
+        .and_then(|pid| {
+            raw.email_addresses
+                .iter()
+                .find(|e| e.id.as_deref() == Some(pid))
+        })
+        .or_else(|| raw.email_addresses.first())
+        .ok_or(PayloadError::NoEmail)?;
+    let email = EmailAddress::parse(&primary.email_address)
+        .map_err(|e| PayloadError::field("data.email_addresses[].email_address", e))?;
+    let clerk_updated_at = raw
+        .updated_at
+        .or(raw.created_at)
+        .or(fallback_ms)
+        .ok_or_else(|| PayloadError::field("data.updated_at", "is missing"))?;
+    Ok(UserProfile {
+        clerk_id,
+        email,
+        photo: raw.image_url.unwrap_or_default(),
+        first_name: raw.first_name.filter(|s| !s.is_empty()),
+        last_name: raw.last_name.filter(|s| !s.is_empty()),
+        clerk_updated_at,
+    })
+}
+
+impl Envelope {
     /// The user id of a `user.deleted` event.
     pub fn deleted_user(&self) -> Result<ClerkUserId, PayloadError> {
         let raw: RawDeleted = from_value(&self.data, "data")?;

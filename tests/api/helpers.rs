@@ -49,6 +49,8 @@ macro_rules! both_backends {
 }
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const API_KEY: &str = "csk_test_primary_0123456789";
+pub const API_KEY_2: &str = "csk_test_rotated_0123456789";
 
 static INIT: Once = Once::new();
 
@@ -171,6 +173,7 @@ pub struct AppOptions {
     pub secret: String,
     /// Overrides `DATABASE_URL` (e.g. to go through a proxy that can be cut).
     pub database_url: Option<String>,
+    pub api_keys: String,
 }
 
 impl Default for AppOptions {
@@ -182,6 +185,7 @@ impl Default for AppOptions {
             transaction_timeout_ms: 5000,
             secret: SECRET.to_owned(),
             database_url: None,
+            api_keys: format!("{API_KEY},{API_KEY_2}"),
         }
     }
 }
@@ -211,6 +215,8 @@ pub fn config_for(db: &TestDb, opts: &AppOptions) -> Config {
         &timeout,
         "--database-pool-max",
         "5",
+        "--clerk-sync-api-keys",
+        &opts.api_keys,
     ];
     if let Some(u) = &opts.clerk_api_url {
         argv.extend(["--clerk-api-url", u]);
@@ -302,6 +308,23 @@ impl TestApp {
             req = req.header(*k, *v);
         }
         req.body(body).send().await.expect("request sent")
+    }
+
+    /// A `/v1` call with the primary API key.
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(API_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        status_json(req.send().await.expect("request sent")).await
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -501,6 +524,8 @@ struct FakeState {
     /// Statuses to answer with, in order; 200 once they run out.
     script: VecDeque<u16>,
     requests: Vec<Recorded>,
+    /// Users returned by `GET /v1/users/{id}`.
+    users: std::collections::HashMap<String, Value>,
 }
 
 #[derive(Clone)]
@@ -516,6 +541,7 @@ impl FakeClerk {
         let state = Arc::new(Mutex::new(FakeState::default()));
         let app = Router::new()
             .route("/v1/users/{id}/metadata", patch(fake_patch_metadata))
+            .route("/v1/users/{id}", axum::routing::get(fake_get_user))
             .with_state(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -526,6 +552,11 @@ impl FakeClerk {
     /// Answer the next calls with these statuses.
     pub fn script(&self, statuses: &[u16]) {
         self.state.lock().unwrap().script.extend(statuses);
+    }
+
+    pub fn add_user(&self, user: Value) {
+        let id = user["id"].as_str().unwrap().to_owned();
+        self.state.lock().unwrap().users.insert(id, user);
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -570,6 +601,92 @@ async fn fake_patch_metadata(
         status,
         Json(serde_json::json!({"id": id, "public_metadata": body["public_metadata"]})),
     )
+}
+
+async fn fake_get_user(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    let status = record(
+        &state,
+        "GET",
+        format!("/v1/users/{id}"),
+        &headers,
+        Value::Null,
+    );
+    let user = state.lock().unwrap().users.get(&id).cloned();
+    match user {
+        Some(u) if status.is_success() => (status, Json(u)),
+        Some(_) => (status, Json(serde_json::json!({"errors": []}))),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"errors": [{"code": "resource_not_found"}]})),
+        ),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Framing {
+    ContentLength,
+    Chunked,
+}
+
+/// POST over a raw TCP connection, writing the body from another task while the
+/// response is read, so an early answer is seen even if the server stops reading.
+pub async fn raw_post(
+    address: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+    framing: Framing,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = address.trim_start_matches("http://").to_owned();
+    let stream = TcpStream::connect(&host).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let length = match framing {
+        Framing::ContentLength => format!("content-length: {}\r\n", body.len()),
+        Framing::Chunked => "transfer-encoding: chunked\r\n".to_owned(),
+    };
+    let mut request = format!("POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n{length}{headers}\r\n").into_bytes();
+    match framing {
+        Framing::ContentLength => request.extend_from_slice(body),
+        Framing::Chunked => {
+            for chunk in body.chunks(10 * 1024) {
+                request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                request.extend_from_slice(chunk);
+                request.extend_from_slice(b"\r\n");
+            }
+            request.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+    // The server may close before the whole body is written: that is the point.
+    tokio::spawn(async move {
+        let _ = writer.write_all(&request).await;
+    });
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&response).into_owned();
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let wanted = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .expect("content-length in the response");
+            if rest.len() >= wanted {
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (status, serde_json::from_str(&rest[..wanted]).unwrap());
+            }
+        }
+        let n = reader.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before a full response: {text}");
+        response.extend_from_slice(&buf[..n]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod adoption;
+mod credits;
 mod diagnose;
 mod health;
 mod outbox;

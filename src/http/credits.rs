@@ -1,0 +1,216 @@
+//! `/v1` credits API: thin handlers over `crate::credits`.
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::Deserialize;
+
+use super::auth::Authenticated;
+use super::extract::ValidJson;
+use super::{ApiError, AppState, ErrorBody};
+use crate::credits::{self, Cursor, LedgerEntry, Movement, Reason, UserCredits};
+use crate::domain::{Amount, CallerKey, ClerkUserId};
+use utoipa::ToSchema;
+
+fn clerk_id(raw: &str) -> Result<ClerkUserId, ApiError> {
+    ClerkUserId::parse(raw).map_err(|e| ApiError::invalid("clerkId", e))
+}
+
+async fn user(state: &AppState, raw_id: &str) -> Result<UserCredits, ApiError> {
+    let id = clerk_id(raw_id)?;
+    Ok(credits::resolve_user(&state.store, state.clerk.as_ref(), &state.signup, &id).await?)
+}
+
+/// The user and their credits.
+#[utoipa::path(
+    get, path = "/v1/users/{clerk_id}", tag = "credits",
+    params(("clerk_id" = String, Path, description = "Clerk user id, e.g. user_29w83sxmDNGwOuEthce5gg56FcC")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = UserCredits),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    )
+)]
+pub async fn get_user(
+    _: Authenticated,
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<UserCredits>, ApiError> {
+    Ok(Json(user(&state, &raw_id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsumeRequest {
+    /// 1 to 1000000.
+    amount: i64,
+    idempotency_key: String,
+    reference: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    Purchase,
+    Refund,
+    Grant,
+    Adjustment,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrantRequest {
+    /// 1 to 1000000.
+    amount: i64,
+    kind: GrantKind,
+    idempotency_key: String,
+    reference: Option<String>,
+}
+
+struct Parsed {
+    amount: Amount,
+    key: CallerKey,
+    reference: Option<CallerKey>,
+}
+
+fn parse(amount: i64, key: &str, reference: Option<&str>) -> Result<Parsed, ApiError> {
+    Ok(Parsed {
+        amount: Amount::parse(amount).map_err(|e| ApiError::invalid("amount", e))?,
+        key: CallerKey::parse(key).map_err(|e| ApiError::invalid("idempotencyKey", e))?,
+        reference: reference
+            .map(CallerKey::parse)
+            .transpose()
+            .map_err(|e| ApiError::invalid("reference", e))?,
+    })
+}
+
+async fn movement(
+    state: &AppState,
+    raw_id: &str,
+    reason: Reason,
+    p: Parsed,
+) -> Result<Json<Movement>, ApiError> {
+    let user = user(state, raw_id).await?;
+    let timeout = state.signup.transaction_timeout;
+    let m = credits::apply(
+        &state.store,
+        timeout,
+        &user,
+        reason,
+        p.amount,
+        &p.key,
+        p.reference.as_ref(),
+    )
+    .await?;
+    Ok(Json(m))
+}
+
+/// Spend generations: raises `usedGenerations`, never past `availableGenerations`.
+#[utoipa::path(
+    post, path = "/v1/users/{clerk_id}/credits/consume", tag = "credits",
+    params(("clerk_id" = String, Path, description = "Clerk user id")),
+    request_body = ConsumeRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = Movement, description = "Spent, or the first result of this idempotency key"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 402, body = ErrorBody, description = "Not enough credits; `balance` holds the current balance"),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Idempotency key reused for a different request"),
+        (status = 503, body = ErrorBody),
+    )
+)]
+pub async fn consume(
+    _: Authenticated,
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    ValidJson(req): ValidJson<ConsumeRequest>,
+) -> Result<Json<Movement>, ApiError> {
+    let parsed = parse(req.amount, &req.idempotency_key, req.reference.as_deref())?;
+    movement(&state, &raw_id, Reason::Consume, parsed).await
+}
+
+/// Grant generations: raises `availableGenerations`.
+#[utoipa::path(
+    post, path = "/v1/users/{clerk_id}/credits/grant", tag = "credits",
+    params(("clerk_id" = String, Path, description = "Clerk user id")),
+    request_body = GrantRequest,
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = Movement, description = "Granted, or the first result of this idempotency key"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+    )
+)]
+pub async fn grant(
+    _: Authenticated,
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    ValidJson(req): ValidJson<GrantRequest>,
+) -> Result<Json<Movement>, ApiError> {
+    let parsed = parse(req.amount, &req.idempotency_key, req.reference.as_deref())?;
+    let reason = match req.kind {
+        GrantKind::Purchase => Reason::Purchase,
+        GrantKind::Refund => Reason::Refund,
+        GrantKind::Grant => Reason::Grant,
+        GrantKind::Adjustment => Reason::Adjustment,
+    };
+    movement(&state, &raw_id, reason, parsed).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LedgerQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerPage {
+    items: Vec<LedgerEntry>,
+    next_cursor: Option<String>,
+}
+
+/// The user's ledger, newest first, keyset-paginated.
+#[utoipa::path(
+    get, path = "/v1/users/{clerk_id}/ledger", tag = "credits",
+    params(
+        ("clerk_id" = String, Path, description = "Clerk user id"),
+        ("limit" = Option<u32>, Query, description = "1 to 200, default 50"),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
+    ),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, body = LedgerPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    )
+)]
+pub async fn ledger(
+    _: Authenticated,
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    Query(q): Query<LedgerQuery>,
+) -> Result<Json<LedgerPage>, ApiError> {
+    let limit = match q.limit.as_deref() {
+        None => 50,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", "must be an integer between 1 and 200"))?,
+    };
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|raw| {
+            Cursor::parse(raw)
+                .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this API returned"))
+        })
+        .transpose()?;
+    let user = user(&state, &raw_id).await?;
+    let (items, next) =
+        credits::ledger_page(&state.store, &user.id, limit, cursor.as_ref()).await?;
+    Ok(Json(LedgerPage {
+        items,
+        next_cursor: next.map(|c| c.encode()),
+    }))
+}
