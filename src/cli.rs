@@ -42,6 +42,60 @@ pub enum Command {
     Smoke(DatabaseArgs),
     /// Send a correctly signed sample `user.created` (or a payload file) to a running server.
     Send(SendArgs),
+    /// Load-test a deployment with distinct, signed `user.created` events.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Webhook endpoint of the deployment under test.
+    #[arg(long, default_value = "http://127.0.0.1:3000/api/webhooks/clerk")]
+    pub url: String,
+
+    /// Signing secret; unset: the development secret `serve` keeps in the data directory.
+    #[arg(long, env = "CLERK_WEBHOOK_SIGNING_SECRET", hide_env_values = true)]
+    pub clerk_webhook_signing_secret: Option<String>,
+
+    /// Distinct events (distinct Clerk users) to send.
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub events: usize,
+
+    /// Events in flight at once (closed loop).
+    #[arg(short = 'c', long, default_value_t = 16)]
+    pub concurrency: usize,
+
+    /// Open loop instead: start this many events per second, whatever the answers.
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Deliver each event this many times at once (duplicate deliveries).
+    #[arg(short = 'k', long, default_value_t = 1)]
+    pub duplicates: usize,
+
+    /// The deployment's database: afterwards, check one user, one signup ledger row and
+    /// one processed event per Clerk user.
+    #[arg(long)]
+    pub verify_database_url: Option<String>,
+
+    /// Worker threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print the pgbench script that runs the service's signup statements, then exit.
+    #[arg(long)]
+    pub print_pgbench_script: bool,
+
+    /// Used only to find the data directory holding the development secret.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/clerk-sync.db"
+    )]
+    pub database_url: String,
 }
 
 #[derive(Debug, Clone, Args)]

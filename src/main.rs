@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::time::Duration;
 
-use clerk_sync::cli::{Cli, Command, DatabaseArgs, DiagnoseArgs};
+use clerk_sync::cli::{BenchArgs, Cli, Command, DatabaseArgs, DiagnoseArgs};
 use clerk_sync::config::{Config, DatabaseSettings, DatabaseUrl};
 use clerk_sync::startup::Application;
 use clerk_sync::store::Store;
@@ -53,6 +53,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Send(args) => send::run(args).await,
         Command::Diagnose(args) => diagnose(args).await,
+        Command::Bench(args) => bench(args).await,
         Command::Smoke(args) => {
             let store = open_existing(&args).await?;
             let result = smoke::run(&store, &mut std::io::stdout()).await;
@@ -111,6 +112,53 @@ async fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     }
     store.close().await;
     anyhow::ensure!(report.ok, "{}/{} steps passed", report.passed, report.total);
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.print_pgbench_script {
+        print!("{}", clerk_sync::bench::pgbench_signup_script());
+        return Ok(());
+    }
+    let plan = clerk_sync::bench::BenchPlan {
+        url: args.url.clone(),
+        secret: send::signing_secret(
+            args.clerk_webhook_signing_secret.as_deref(),
+            &args.database_url,
+        )?,
+        events: args.events,
+        concurrency: args.concurrency.max(1),
+        rate: args.rate,
+        duplicates: args.duplicates.max(1),
+        verify: args
+            .verify_database_url
+            .as_deref()
+            .map(DatabaseUrl::parse)
+            .transpose()
+            .map_err(|p| anyhow::anyhow!("--verify-database-url: {p}"))?,
+    };
+    // The generator gets its own runtime, sized by --threads.
+    let threads = args.threads.max(1);
+    let report = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+            .block_on(clerk_sync::bench::run(plan))
+    })
+    .await??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    anyhow::ensure!(report.non_2xx == 0, "{} non-2xx answers", report.non_2xx);
+    if let Some(db) = &report.database {
+        anyhow::ensure!(
+            db.exact,
+            "the database does not hold exactly one user, signup row and event per Clerk user"
+        );
+    }
     Ok(())
 }
 

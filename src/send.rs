@@ -33,18 +33,19 @@ pub fn sample_user_created(now_ms: i64) -> serde_json::Value {
     })
 }
 
-pub async fn run(args: SendArgs) -> anyhow::Result<()> {
-    let secret = match args
-        .clerk_webhook_signing_secret
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-    {
+/// The signing secret from the flag / environment, else the development secret that
+/// `serve` keeps in the data directory of `database_url`.
+pub fn signing_secret(
+    configured: Option<&str>,
+    database_url: &str,
+) -> anyhow::Result<crate::webhooks::WebhookSecret> {
+    Ok(match configured.filter(|s| !s.trim().is_empty()) {
         Some(raw) => parse_secrets(raw)?
             .into_iter()
             .next()
             .context("CLERK_WEBHOOK_SIGNING_SECRET is empty")?,
         None => {
-            let url = DatabaseUrl::parse(&args.database_url)
+            let url = DatabaseUrl::parse(database_url)
                 .map_err(|p| anyhow::anyhow!("DATABASE_URL: {p}"))?;
             let dir = url.data_dir();
             dev_secret::load(&dir)?
@@ -56,7 +57,14 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
                     )
                 })?
         }
-    };
+    })
+}
+
+pub async fn run(args: SendArgs) -> anyhow::Result<()> {
+    let secret = signing_secret(
+        args.clerk_webhook_signing_secret.as_deref(),
+        &args.database_url,
+    )?;
     let now = chrono::Utc::now();
     let body = match &args.payload {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,

@@ -141,6 +141,19 @@ VALUES ($1, $2, $3)
 ON CONFLICT ("clerkId") DO UPDATE
 SET "deletedAt" = COALESCE("ClerkUserSync"."deletedAt", excluded."deletedAt")"#;
 
+/// The statements a `user.created` for a new user runs, in order, between `BEGIN` and
+/// `COMMIT` (one round trip each). `clerk-sync bench --print-pgbench-script` turns them
+/// into the pgbench peer of `bench/compare`: keep this list in step with `upsert_user_tx`.
+pub const NEW_USER_STATEMENTS: [&str; 7] = [
+    INSERT_EVENT,
+    CLAIM_USER_SYNC,
+    EMAIL_OWNED_BY_OTHER,
+    UPDATE_USER,
+    INSERT_USER,
+    INSERT_SIGNUP_BONUS,
+    INSERT_OUTBOX_JOB,
+];
+
 const DELETE_USER: &str = r#"DELETE FROM "User" WHERE "clerkId" = $1"#;
 
 /// The event row every path writes first.
