@@ -18,6 +18,7 @@
 //! late `user.updated` cannot bring it back. Unknown event types are recorded as
 //! `ignored`; permanent payload problems as `failed` with their reason.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -26,7 +27,7 @@ use tracing::{info, instrument, warn};
 
 use crate::domain::{ClerkUserId, SvixMessageId};
 use crate::outbox::Job;
-use crate::store::{self, new_id, Store, StoreError};
+use crate::store::{self, new_id, PgStore, Store, StoreError};
 use crate::webhooks::clerk_event::{parse_envelope, UserProfile};
 use crate::webhooks::VerifiedWebhook;
 use crate::with_tx;
@@ -141,20 +142,33 @@ VALUES ($1, $2, $3)
 ON CONFLICT ("clerkId") DO UPDATE
 SET "deletedAt" = COALESCE("ClerkUserSync"."deletedAt", excluded."deletedAt")"#;
 
-/// The statements a `user.created` for a new user runs, in order, between `BEGIN` and
-/// `COMMIT` (one round trip each). `clerk-sync bench --print-pgbench-script` turns them
-/// into the pgbench peer of `bench/compare`: keep this list in step with `upsert_user_tx`.
-pub const NEW_USER_STATEMENTS: [&str; 7] = [
-    INSERT_EVENT,
-    CLAIM_USER_SYNC,
-    EMAIL_OWNED_BY_OTHER,
-    UPDATE_USER,
-    INSERT_USER,
-    INSERT_SIGNUP_BONUS,
-    INSERT_OUTBOX_JOB,
-];
+/// The statements a `user.created` for a new user runs on PostgreSQL, in order, between
+/// `BEGIN` and `COMMIT` (one round trip each). `clerk-sync bench --print-pgbench-script`
+/// turns them into the pgbench peer of `bench/compare`: keep this list in step with
+/// `upsert_user_postgres`.
+pub fn new_user_statements_postgres() -> [&'static str; 2] {
+    [pg_claim(), PG_WRITE_USER]
+}
 
 const DELETE_USER: &str = r#"DELETE FROM "User" WHERE "clerkId" = $1"#;
+
+/// Bind the nine parameters of `INSERT_EVENT` (also the first nine of `PG_CLAIM`).
+macro_rules! bind_event {
+    ($query:expr, $event:expr, $status:expr, $reason:expr, $now:expr) => {{
+        let processed = $status != STATUS_FAILED;
+        let reason: Option<&str> = $reason;
+        $query
+            .bind(new_id())
+            .bind($event.msg_id.as_str())
+            .bind($event.event_type)
+            .bind(processed)
+            .bind(processed.then_some($now))
+            .bind($now)
+            .bind($status)
+            .bind(reason)
+            .bind($event.payload.map(Json))
+    }};
+}
 
 /// The event row every path writes first.
 struct EventRow<'a> {
@@ -273,7 +287,184 @@ async fn upsert_user(
 
 /// `event` is `None` when the user is provisioned from Clerk's Backend API (a credits call
 /// that arrived before the webhook): everything else is the same transaction.
+///
+/// PostgreSQL runs it in 4 round trips (`BEGIN`, [`PG_CLAIM`], [`PG_WRITE_USER`],
+/// `COMMIT`); SQLite, which has no data-modifying CTEs and no network, runs the same
+/// steps one statement at a time.
 async fn upsert_user_tx(
+    store: &Store,
+    settings: &SignupSettings,
+    event: Option<&EventRow<'_>>,
+    profile: &UserProfile,
+) -> Result<UpsertResult, StoreError> {
+    match (store, event) {
+        (Store::Postgres(pg), Some(event)) => {
+            upsert_user_postgres(pg, settings, event, profile).await
+        }
+        _ => upsert_user_stepwise(store, settings, event, profile).await,
+    }
+}
+
+/// Steps 1–3 in one statement: record the event, claim the per-user sync row when the
+/// event is newer, and look for another owner of the email address.
+static PG_CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
+WITH ev AS ({insert_event}),
+sync AS (
+    INSERT INTO "ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
+    SELECT $10, $11, NULL WHERE EXISTS (SELECT 1 FROM ev)
+    ON CONFLICT ("clerkId") DO UPDATE SET "clerkUpdatedAt" = excluded."clerkUpdatedAt"
+    WHERE "ClerkUserSync"."clerkUpdatedAt" < excluded."clerkUpdatedAt"
+      AND "ClerkUserSync"."deletedAt" IS NULL
+    RETURNING "clerkId"
+)
+SELECT (SELECT "id" FROM ev),
+       EXISTS (SELECT 1 FROM sync),
+       EXISTS (SELECT 1 FROM "User" WHERE "email" = $12 AND "clerkId" <> $10)"#,
+        insert_event = INSERT_EVENT.trim()
+    )
+});
+
+/// Step 4 in one statement, on a fresh snapshot (after the sync row lock serialised any
+/// concurrent event for this user): update the user, or insert it with its signup bonus
+/// and its outbox job.
+pub(crate) const PG_WRITE_USER: &str = r#"
+WITH upd AS (
+    UPDATE "User"
+    SET "email" = $2, "photo" = $3, "firstName" = $4, "lastName" = $5, "updatedAt" = $6
+    WHERE "clerkId" = $1
+    RETURNING "id"
+),
+ins AS (
+    INSERT INTO "User"
+        ("id", "clerkId", "email", "photo", "firstName", "lastName",
+         "usedGenerations", "availableGenerations", "createdAt", "updatedAt")
+    SELECT $7, $1, $2, $3, $4, $5, 0, $8, $6, $6
+    WHERE NOT EXISTS (SELECT 1 FROM upd)
+    RETURNING "id"
+),
+bonus AS (
+    INSERT INTO "Transaction"
+        ("id", "tracking_id", "userId", "status", "amount", "type", "description",
+         "reason", "webhookEventId", "idempotencyKey", "balanceAfter", "createdAt")
+    SELECT $9, $1, ins."id", 'completed', $8, 'credit', 'Signup bonus',
+           'signup_bonus', $10, $11, $8, $6
+    FROM ins WHERE $8 > 0
+),
+job AS (
+    INSERT INTO "OutboxJob"
+        ("id", "kind", "payload", "status", "attempts", "nextAttemptAt", "createdAt", "updatedAt")
+    SELECT $12, $13, $14, 'pending', 0, $6, $6, $6
+    FROM ins
+)
+SELECT EXISTS (SELECT 1 FROM ins)"#;
+
+pub(crate) fn pg_claim() -> &'static str {
+    PG_CLAIM.as_str()
+}
+
+async fn upsert_user_postgres(
+    pg: &PgStore,
+    settings: &SignupSettings,
+    event: &EventRow<'_>,
+    profile: &UserProfile,
+) -> Result<UpsertResult, StoreError> {
+    let now = store::now();
+    let clerk_id = profile.clerk_id.as_str();
+    let p = pg.prepared;
+    let mut tx = pg.pool.begin().await?;
+    let (event_row_id, fresh, taken): (Option<String>, bool, bool) = bind_event!(
+        sqlx::query_as(pg_claim()),
+        event,
+        STATUS_PROCESSED,
+        None,
+        now
+    )
+    .bind(clerk_id)
+    .bind(profile.clerk_updated_at)
+    .bind(profile.email.as_str())
+    .persistent(p)
+    .fetch_one(&mut *tx)
+    .await?;
+    let Some(event_row_id) = event_row_id else {
+        return Ok(UpsertResult::Done(Outcome::Duplicate));
+    };
+    if !fresh {
+        let deleted: bool = sqlx::query_scalar(USER_IS_DELETED)
+            .bind(clerk_id)
+            .persistent(p)
+            .fetch_one(&mut *tx)
+            .await?;
+        let reason = ignored_reason(deleted);
+        sqlx::query(MARK_EVENT_IGNORED)
+            .bind(&event_row_id)
+            .bind(reason)
+            .persistent(p)
+            .execute(&mut *tx)
+            .await?;
+        finish(tx, settings.dry_run).await?;
+        info!(reason, "event ignored");
+        return Ok(UpsertResult::Done(Outcome::Ignored(reason.to_owned())));
+    }
+    if taken {
+        return Ok(UpsertResult::Refused(EMAIL_TAKEN.to_owned()));
+    }
+    let user_id = new_id();
+    let job = Job::UpdateClerkMetadata {
+        clerk_id: clerk_id.to_owned(),
+        user_id: user_id.clone(),
+    };
+    let created: bool = sqlx::query_scalar(PG_WRITE_USER)
+        .bind(clerk_id)
+        .bind(profile.email.as_str())
+        .bind(&profile.photo)
+        .bind(profile.first_name.as_deref())
+        .bind(profile.last_name.as_deref())
+        .bind(now)
+        .bind(&user_id)
+        .bind(settings.signup_credits)
+        .bind(new_id())
+        .bind(event.msg_id.as_str())
+        .bind(format!("signup:{clerk_id}"))
+        .bind(new_id())
+        .bind(job.kind())
+        .bind(Json(&job))
+        .persistent(p)
+        .fetch_one(&mut *tx)
+        .await?;
+    finish(tx, settings.dry_run).await?;
+    if created {
+        info!(user_id = %user_id, "user created");
+        Ok(UpsertResult::Done(Outcome::Processed(Action::Created)))
+    } else {
+        Ok(UpsertResult::Done(Outcome::Processed(Action::Updated)))
+    }
+}
+
+const EMAIL_TAKEN: &str = "email address already belongs to another Clerk user";
+
+fn ignored_reason(deleted: bool) -> &'static str {
+    if deleted {
+        "user was deleted; a late event does not bring it back"
+    } else {
+        "stale: an event with a newer updated_at was already applied"
+    }
+}
+
+/// Commit, or roll back for a dry run.
+async fn finish<DB: sqlx::Database>(
+    tx: sqlx::Transaction<'_, DB>,
+    dry_run: bool,
+) -> Result<(), sqlx::Error> {
+    if dry_run {
+        tx.rollback().await
+    } else {
+        tx.commit().await
+    }
+}
+
+async fn upsert_user_stepwise(
     store: &Store,
     settings: &SignupSettings,
     event: Option<&EventRow<'_>>,
@@ -284,19 +475,16 @@ async fn upsert_user_tx(
     with_tx!(store, |tx, p| {
         let mut event_row_id = None;
         if let Some(event) = event {
-            let inserted: Option<String> = sqlx::query_scalar(INSERT_EVENT)
-                .bind(new_id())
-                .bind(event.msg_id.as_str())
-                .bind(event.event_type)
-                .bind(true)
-                .bind(Some(now))
-                .bind(now)
-                .bind(STATUS_PROCESSED)
-                .bind(None::<String>)
-                .bind(event.payload.map(Json))
-                .persistent(p)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let inserted: Option<String> = bind_event!(
+                sqlx::query_scalar(INSERT_EVENT),
+                event,
+                STATUS_PROCESSED,
+                None,
+                now
+            )
+            .persistent(p)
+            .fetch_optional(&mut *tx)
+            .await?;
             if inserted.is_none() {
                 return Ok(UpsertResult::Done(Outcome::Duplicate));
             }
@@ -315,11 +503,7 @@ async fn upsert_user_tx(
                 .persistent(p)
                 .fetch_one(&mut *tx)
                 .await?;
-            let reason = if deleted {
-                "user was deleted; a late event does not bring it back"
-            } else {
-                "stale: an event with a newer updated_at was already applied"
-            };
+            let reason = ignored_reason(deleted);
             if let Some(event_row_id) = &event_row_id {
                 sqlx::query(MARK_EVENT_IGNORED)
                     .bind(event_row_id)
@@ -328,11 +512,7 @@ async fn upsert_user_tx(
                     .execute(&mut *tx)
                     .await?;
             }
-            if settings.dry_run {
-                tx.rollback().await?;
-            } else {
-                tx.commit().await?;
-            }
+            finish(tx, settings.dry_run).await?;
             info!(reason, "event ignored");
             return Ok(UpsertResult::Done(Outcome::Ignored(reason.to_owned())));
         }
@@ -344,9 +524,7 @@ async fn upsert_user_tx(
             .fetch_one(&mut *tx)
             .await?;
         if taken {
-            return Ok(UpsertResult::Refused(
-                "email address already belongs to another Clerk user".to_owned(),
-            ));
+            return Ok(UpsertResult::Refused(EMAIL_TAKEN.to_owned()));
         }
 
         let updated: Option<String> = sqlx::query_scalar(UPDATE_USER)
@@ -403,11 +581,7 @@ async fn upsert_user_tx(
             info!(user_id = %user_id, "user created");
             Action::Created
         };
-        if settings.dry_run {
-            tx.rollback().await?;
-        } else {
-            tx.commit().await?;
-        }
+        finish(tx, settings.dry_run).await?;
         Ok(UpsertResult::Done(Outcome::Processed(action)))
     })
 }
@@ -446,21 +620,17 @@ async fn delete_user(
     event_ts_ms: i64,
 ) -> Result<Outcome, StoreError> {
     let now = store::now();
-    let event_row_id = new_id();
     with_tx!(store, |tx, p| {
-        let inserted: Option<String> = sqlx::query_scalar(INSERT_EVENT)
-            .bind(&event_row_id)
-            .bind(event.msg_id.as_str())
-            .bind(event.event_type)
-            .bind(true)
-            .bind(Some(now))
-            .bind(now)
-            .bind(STATUS_PROCESSED)
-            .bind(None::<String>)
-            .bind(event.payload.map(Json))
-            .persistent(p)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let inserted: Option<String> = bind_event!(
+            sqlx::query_scalar(INSERT_EVENT),
+            event,
+            STATUS_PROCESSED,
+            None,
+            now
+        )
+        .persistent(p)
+        .fetch_optional(&mut *tx)
+        .await?;
         if inserted.is_none() {
             return Ok(Outcome::Duplicate);
         }
@@ -501,19 +671,16 @@ async fn record_only(
         });
     }
     let inserted: Option<String> = crate::with_pool!(store, |pool, p| {
-        sqlx::query_scalar(INSERT_EVENT)
-            .bind(new_id())
-            .bind(event.msg_id.as_str())
-            .bind(event.event_type)
-            .bind(!failed)
-            .bind((!failed).then_some(now))
-            .bind(now)
-            .bind(status)
-            .bind(Some(reason.as_str()))
-            .bind(event.payload.map(Json))
-            .persistent(p)
-            .fetch_optional(pool)
-            .await?
+        bind_event!(
+            sqlx::query_scalar(INSERT_EVENT),
+            event,
+            status,
+            Some(reason.as_str()),
+            now
+        )
+        .persistent(p)
+        .fetch_optional(pool)
+        .await?
     });
     if inserted.is_none() {
         return Ok(Outcome::Duplicate);

@@ -404,24 +404,17 @@ fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix> {
     };
     match (&d.kind, pg) {
         (DriftKind::MissingTable, _) => sql(migration_statements(store, d.table), true),
-        (DriftKind::MissingColumn(c), true) => {
+        (DriftKind::MissingColumn(c), _) => {
             let col = schema::column(table, c);
+            let (if_not_exists, decl) = if pg {
+                ("IF NOT EXISTS ", col.pg_decl())
+            } else {
+                ("", col.sqlite_decl())
+            };
             sql(
                 format!(
-                    "ALTER TABLE \"{}\" ADD COLUMN IF NOT EXISTS {};",
-                    d.table,
-                    col.pg_decl()
-                ),
-                col.nullable || col.default.is_some(),
-            )
-        }
-        (DriftKind::MissingColumn(c), false) => {
-            let col = schema::column(table, c);
-            sql(
-                format!(
-                    "ALTER TABLE \"{}\" ADD COLUMN {};",
-                    d.table,
-                    col.sqlite_decl()
+                    "ALTER TABLE \"{}\" ADD COLUMN {if_not_exists}{decl};",
+                    d.table
                 ),
                 col.nullable || col.default.is_some(),
             )

@@ -68,14 +68,7 @@ impl ClerkClient {
             .json(&serde_json::json!({"public_metadata": {"userId": user_id}}))
             .send()
             .await
-            .map_err(|e| DeliveryError::Retryable {
-                reason: if e.is_timeout() {
-                    "request timed out".to_owned()
-                } else {
-                    "could not reach the Clerk API".to_owned()
-                },
-                retry_after: None,
-            })?;
+            .map_err(unreachable)?;
         classify(response.status(), response.headers())
     }
 }
@@ -92,14 +85,7 @@ impl ClerkClient {
             .bearer_auth(&self.secret_key.0)
             .send()
             .await
-            .map_err(|e| DeliveryError::Retryable {
-                reason: if e.is_timeout() {
-                    "request timed out".to_owned()
-                } else {
-                    "could not reach the Clerk API".to_owned()
-                },
-                retry_after: None,
-            })?;
+            .map_err(unreachable)?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -107,6 +93,18 @@ impl ClerkClient {
         response.json().await.map(Some).map_err(|_| {
             DeliveryError::Permanent("Clerk API answered with a body that is not JSON".to_owned())
         })
+    }
+}
+
+/// No answer at all: a timeout or a connection failure, worth a retry.
+fn unreachable(e: reqwest::Error) -> DeliveryError {
+    DeliveryError::Retryable {
+        reason: if e.is_timeout() {
+            "request timed out".to_owned()
+        } else {
+            "could not reach the Clerk API".to_owned()
+        },
+        retry_after: None,
     }
 }
 
