@@ -131,7 +131,7 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DIRECT_URL")]
     pub direct_url: Option<String>,
 
-    /// Connection pool size [default: cores × 2 + 1].
+    /// Connection pool size [default: cores × 2 + 1 for PostgreSQL, 2 for SQLite].
     #[arg(long, env = "DATABASE_POOL_MAX")]
     pub database_pool_max: Option<u32>,
 }
