@@ -124,6 +124,25 @@ INSERT INTO "User"
      "usedGenerations", "availableGenerations", "createdAt", "updatedAt")
 VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $8)"#;
 
+/// The service's `INSERT_USER` for a throwaway user (`diagnose`, `smoke`): empty photo,
+/// no names. `$exec` is a pool or `&mut *tx`.
+macro_rules! insert_probe_user {
+    ($exec:expr, $p:expr, $id:expr, $clerk_id:expr, $email:expr, $credits:expr, $at:expr) => {
+        sqlx::query($crate::signup::INSERT_USER)
+            .bind($id)
+            .bind($clerk_id)
+            .bind($email)
+            .bind("")
+            .bind(None::<String>)
+            .bind(None::<String>)
+            .bind($credits)
+            .bind($at)
+            .persistent($p)
+            .execute($exec)
+    };
+}
+pub(crate) use insert_probe_user;
+
 const INSERT_SIGNUP_BONUS: &str = r#"
 INSERT INTO "Transaction"
     ("id", "tracking_id", "userId", "status", "amount", "type", "description",

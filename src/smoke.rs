@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::NaiveDateTime;
 
-use crate::signup::{INSERT_USER, UPDATE_USER};
+use crate::signup::{insert_probe_user, UPDATE_USER};
 use crate::store::{self, new_id, Store};
 use crate::with_pool;
 
@@ -44,17 +44,7 @@ async fn steps(store: &Store, out: &mut impl Write, id: &str, tag: &str) -> anyh
     let inserted_at = store::now();
     writeln!(out, "1. inserting test user")?;
     with_pool!(store, |pool, p| {
-        sqlx::query(INSERT_USER)
-            .bind(id)
-            .bind(tag)
-            .bind(&email)
-            .bind("")
-            .bind(None::<String>)
-            .bind(None::<String>)
-            .bind(20)
-            .bind(inserted_at)
-            .persistent(p)
-            .execute(pool)
+        insert_probe_user!(pool, p, id, tag, &email, 20, inserted_at)
             .await
             .map_err(store::StoreError::from)
             .context("insert failed")?;

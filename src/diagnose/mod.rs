@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::types::chrono::NaiveDateTime;
 
-use crate::signup::{self, Outcome, SignupSettings, INSERT_USER, UPDATE_USER};
+use crate::signup::{self, insert_probe_user, Outcome, SignupSettings, UPDATE_USER};
 use crate::store::{self, new_id, ConstraintKind, Store, StoreError};
 use crate::webhooks::{sign, verify, WebhookSecret};
 use crate::{with_pool, with_tx};
@@ -626,18 +626,7 @@ async fn service_insert(store: &Store) -> StepResult {
     let now = store::now();
     let result: Result<i64, StoreError> = async {
         with_tx!(store, |tx, p| {
-            sqlx::query(INSERT_USER)
-                .bind(&id)
-                .bind(&clerk_id)
-                .bind(&email)
-                .bind("")
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(20)
-                .bind(now)
-                .persistent(p)
-                .execute(&mut *tx)
-                .await?;
+            insert_probe_user!(&mut *tx, p, &id, &clerk_id, &email, 20, now).await?;
             let n: i64 = sqlx::query_scalar(r#"SELECT COUNT(*) FROM "User" WHERE "id" = $1"#)
                 .bind(&id)
                 .persistent(p)
@@ -787,18 +776,7 @@ async fn insert_probe_user(store: &Store, users: &[(&str, &str, &str)]) -> Resul
     with_tx!(store, |tx, p| {
         let mut result = Ok(());
         for (id, clerk_id, email) in users {
-            let r = sqlx::query(INSERT_USER)
-                .bind(*id)
-                .bind(*clerk_id)
-                .bind(*email)
-                .bind("")
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(0)
-                .bind(now)
-                .persistent(p)
-                .execute(&mut *tx)
-                .await;
+            let r = insert_probe_user!(&mut *tx, p, *id, *clerk_id, *email, 0, now).await;
             if let Err(e) = r {
                 result = Err(e.into());
                 break;
@@ -865,18 +843,7 @@ async fn update_step(store: &Store) -> StepResult {
     let earlier = store::now() - chrono::Duration::minutes(1);
     let result: Result<(NaiveDateTime, NaiveDateTime), StoreError> = async {
         with_tx!(store, |tx, p| {
-            sqlx::query(INSERT_USER)
-                .bind(&id)
-                .bind(&clerk_id)
-                .bind(&email)
-                .bind("")
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(0)
-                .bind(earlier)
-                .persistent(p)
-                .execute(&mut *tx)
-                .await?;
+            insert_probe_user!(&mut *tx, p, &id, &clerk_id, &email, 0, earlier).await?;
             sqlx::query(UPDATE_USER)
                 .bind(&clerk_id)
                 .bind(&email)
