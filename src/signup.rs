@@ -14,6 +14,11 @@
 //!    the `"OutboxJob"` that writes our user id into Clerk's metadata after commit;
 //! 5. commit.
 //!
+//! On PostgreSQL, steps 1–3 are one statement (`PG_CLAIM`) and step 4 another
+//! (`PG_WRITE_USER`), so a signup costs 4 round trips with `BEGIN` and `COMMIT`
+//! (`upsert_user_postgres`). SQLite runs the same steps one statement at a time
+//! (`upsert_user_stepwise`), as does lazy provisioning, which writes no event.
+//!
 //! `user.deleted` deletes the user row (ledger rows stay) and tombstones the Clerk id so a
 //! late `user.updated` cannot bring it back. Unknown event types are recorded as
 //! `ignored`; permanent payload problems as `failed` with their reason.
