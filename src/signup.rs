@@ -19,7 +19,8 @@
 //! (`upsert_user_postgres`). SQLite runs the same steps one statement at a time
 //! (`upsert_user_stepwise`), as does lazy provisioning, which writes no event.
 //!
-//! `user.deleted` deletes the user row (ledger rows stay) and tombstones the Clerk id so a
+//! `user.deleted` deletes the user row (ledger rows stay), erases the stored payloads of
+//! that user's events (they hold the email address) and tombstones the Clerk id so a
 //! late `user.updated` cannot bring it back. Unknown event types are recorded as
 //! `ignored`; permanent payload problems as `failed` with their reason.
 
@@ -89,12 +90,13 @@ const STATUS_FAILED: &str = "failed";
 
 const INSERT_EVENT: &str = r#"
 INSERT INTO "WebhookEvent"
-    ("id", "eventId", "eventType", "processed", "processedAt", "createdAt", "status", "error", "payload")
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ("id", "eventId", "eventType", "processed", "processedAt", "createdAt", "status", "error",
+     "payload", "clerkId")
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT ("eventId") DO UPDATE SET
     "eventType" = excluded."eventType", "processed" = excluded."processed",
     "processedAt" = excluded."processedAt", "status" = excluded."status",
-    "error" = excluded."error", "payload" = excluded."payload"
+    "error" = excluded."error", "payload" = excluded."payload", "clerkId" = excluded."clerkId"
 WHERE "WebhookEvent"."status" = 'failed'
 RETURNING "id""#;
 
@@ -176,7 +178,11 @@ pub fn new_user_statements_postgres() -> [&'static str; 2] {
 
 const DELETE_USER: &str = r#"DELETE FROM "User" WHERE "clerkId" = $1"#;
 
-/// Bind the nine parameters of `INSERT_EVENT` (also the first nine of `PG_CLAIM`).
+/// The stored payloads of a deleted user's events hold their email address: erase them.
+const ERASE_EVENT_PAYLOADS: &str = r#"
+UPDATE "WebhookEvent" SET "payload" = NULL WHERE "clerkId" = $1 AND "payload" IS NOT NULL"#;
+
+/// Bind the ten parameters of `INSERT_EVENT` (also the first ten of `PG_CLAIM`).
 macro_rules! bind_event {
     ($query:expr, $event:expr, $status:expr, $reason:expr, $now:expr) => {{
         let processed = $status != STATUS_FAILED;
@@ -191,14 +197,18 @@ macro_rules! bind_event {
             .bind($status)
             .bind(reason)
             .bind($event.payload.map(Json))
+            .bind($event.clerk_id)
     }};
 }
 
 /// The event row every path writes first.
+#[derive(Clone, Copy)]
 struct EventRow<'a> {
     msg_id: &'a SvixMessageId,
     event_type: &'a str,
     payload: Option<&'a Value>,
+    /// The Clerk user the event is about, once the payload names one.
+    clerk_id: Option<&'a str>,
 }
 
 /// Handle one verified webhook within `TRANSACTION_TIMEOUT_MS`.
@@ -229,6 +239,7 @@ async fn dispatch(
                 msg_id,
                 event_type: "unknown",
                 payload: None,
+                clerk_id: None,
             };
             return record_only(store, settings, &event, STATUS_FAILED, e.to_string()).await;
         }
@@ -240,11 +251,16 @@ async fn dispatch(
         msg_id,
         event_type: &event_type,
         payload: Some(&value),
+        clerk_id: None,
     };
     match event_type.as_str() {
         "user.created" | "user.updated" => match envelope.user_profile() {
             Ok(profile) => {
                 span.record("clerk_user_id", profile.clerk_id.as_str());
+                let event = EventRow {
+                    clerk_id: Some(profile.clerk_id.as_str()),
+                    ..event
+                };
                 upsert_user(store, settings, &event, &profile).await
             }
             Err(e) => record_only(store, settings, &event, STATUS_FAILED, e.to_string()).await,
@@ -253,6 +269,10 @@ async fn dispatch(
             Ok(clerk_id) => {
                 span.record("clerk_user_id", clerk_id.as_str());
                 let ts = envelope.timestamp.unwrap_or(hook.timestamp() * 1000);
+                let event = EventRow {
+                    clerk_id: Some(clerk_id.as_str()),
+                    ..event
+                };
                 delete_user(store, &event, &clerk_id, ts).await
             }
             Err(e) => record_only(store, settings, &event, STATUS_FAILED, e.to_string()).await,
@@ -405,7 +425,6 @@ async fn upsert_user_postgres(
         None,
         now
     )
-    .bind(clerk_id)
     .bind(profile.clerk_updated_at)
     .bind(profile.email.as_str())
     .persistent(p)
@@ -671,6 +690,11 @@ async fn delete_user(
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        sqlx::query(ERASE_EVENT_PAYLOADS)
+            .bind(clerk_id.as_str())
+            .persistent(p)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         info!(rows = deleted, "user deleted");
         Ok(Outcome::Processed(Action::Deleted))

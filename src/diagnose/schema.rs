@@ -128,6 +128,7 @@ pub const TABLES: &[Table] = &[
             col("status", Ty::Text, true, None),
             col("error", Ty::Text, true, None),
             col("payload", Ty::Json, true, None),
+            col("clerkId", Ty::Text, true, None),
         ],
         unique: &[
             ("WebhookEvent_pkey", &["id"]),

@@ -213,6 +213,17 @@ async fn delete_then_late_update_does_not_resurrect(backend: Backend) {
     );
     assert!(users(&app.store).await.is_empty(), "PII row deleted");
     assert_eq!(ledger(&app.store).await.len(), 1, "ledger rows stay");
+    let ev = events(&app.store).await;
+    assert_eq!(ev.len(), 2);
+    assert!(
+        !ev[0].has_payload,
+        "the user.created payload (with the email) is erased"
+    );
+    assert_eq!(
+        ev[0].status.as_deref(),
+        Some("processed"),
+        "the event row itself stays"
+    );
 
     let (s, b) = status_json(
         app.post_webhook("msg_late", &fixture("clerk-user-updated.json"))
