@@ -26,18 +26,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("`{field}` {problem}")]
     InvalidRequest { field: String, problem: String },
-    #[error("no such user")]
-    UserNotFound,
-    #[error("not enough credits: balance is {balance}")]
-    InsufficientCredits { balance: i64 },
-    #[error("this idempotency key was already used for a different request")]
-    IdempotencyConflict,
-    #[error("the grant would take availableGenerations past its limit")]
-    LimitExceeded,
-    #[error("the Clerk API could not provide the user; retry later")]
-    ClerkUnavailable(#[source] crate::outbox::DeliveryError),
-    #[error("the Clerk user cannot be provisioned: {0}")]
-    Unprovisionable(String),
+    /// A business refusal of the credits API (never `CreditsError::Store`, which maps
+    /// like any other store error).
+    #[error(transparent)]
+    Credits(CreditsError),
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] StoreError),
     /// The schema refused a write: named (table, column or constraint, hint), never the
@@ -81,13 +73,8 @@ impl From<StoreError> for ApiError {
 impl From<CreditsError> for ApiError {
     fn from(e: CreditsError) -> Self {
         match e {
-            CreditsError::UnknownUser => Self::UserNotFound,
-            CreditsError::InsufficientCredits { balance } => Self::InsufficientCredits { balance },
-            CreditsError::IdempotencyConflict => Self::IdempotencyConflict,
-            CreditsError::LimitExceeded => Self::LimitExceeded,
-            CreditsError::Clerk(e) => Self::ClerkUnavailable(e),
-            CreditsError::Unprovisionable(reason) => Self::Unprovisionable(reason),
             CreditsError::Store(e) => e.into(),
+            e => Self::Credits(e),
         }
     }
 }
@@ -105,13 +92,16 @@ impl ApiError {
             Self::BadSignatureHeaders(_) | Self::BodyUnreadable => StatusCode::BAD_REQUEST,
             Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound | Self::UserNotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::Credits(CreditsError::UnknownUser) => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
-            Self::IdempotencyConflict => StatusCode::CONFLICT,
-            Self::LimitExceeded | Self::Unprovisionable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::ClerkUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Credits(CreditsError::InsufficientCredits { .. }) => StatusCode::PAYMENT_REQUIRED,
+            Self::Credits(CreditsError::IdempotencyConflict) => StatusCode::CONFLICT,
+            Self::Credits(CreditsError::LimitExceeded | CreditsError::Unprovisionable(_)) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::Credits(CreditsError::Clerk(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Credits(CreditsError::Store(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) | Self::Constraint(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -130,12 +120,13 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::Unauthorized => "unauthorized",
             Self::InvalidRequest { .. } => "invalid_request",
-            Self::UserNotFound => "user_not_found",
-            Self::InsufficientCredits { .. } => "insufficient_credits",
-            Self::IdempotencyConflict => "idempotency_conflict",
-            Self::LimitExceeded => "limit_exceeded",
-            Self::ClerkUnavailable(_) => "clerk_unavailable",
-            Self::Unprovisionable(_) => "unprovisionable_user",
+            Self::Credits(CreditsError::UnknownUser) => "user_not_found",
+            Self::Credits(CreditsError::InsufficientCredits { .. }) => "insufficient_credits",
+            Self::Credits(CreditsError::IdempotencyConflict) => "idempotency_conflict",
+            Self::Credits(CreditsError::LimitExceeded) => "limit_exceeded",
+            Self::Credits(CreditsError::Clerk(_)) => "clerk_unavailable",
+            Self::Credits(CreditsError::Unprovisionable(_)) => "unprovisionable_user",
+            Self::Credits(CreditsError::Store(_)) => "internal_error",
             Self::Unavailable(_) => "database_unavailable",
             Self::Constraint(_) => "constraint_violation",
             Self::Internal(_) => "internal_error",
@@ -152,7 +143,7 @@ impl IntoResponse for ApiError {
             tracing::info!(error.code = self.code(), error.message = %self, "request refused");
         }
         let mut body = serde_json::json!({"error": self.code(), "message": self.to_string()});
-        if let Self::InsufficientCredits { balance } = &self {
+        if let Self::Credits(CreditsError::InsufficientCredits { balance }) = &self {
             body["balance"] = (*balance).into();
         }
         let mut response = (status, Json(body)).into_response();
