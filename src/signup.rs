@@ -6,17 +6,17 @@
 //!    already handled, so nothing else happens. A message recorded as `failed` is claimed
 //!    again when it is redelivered (a Svix retry after a 5xx, or a resend from the
 //!    dashboard once the cause is fixed);
-//! 2. upsert `"ClerkUserSync"` only if this event is newer than what was applied and the
+//! 2. refuse an email address that belongs to another Clerk user (recorded as `failed`);
+//! 3. upsert `"ClerkUserSync"` only if this event is newer than what was applied and the
 //!    user is not deleted (this row also serialises concurrent events for one user);
-//! 3. refuse an email address that belongs to another Clerk user (recorded as `failed`);
 //! 4. update the `"User"`, or insert it with `SIGNUP_CREDITS` generations, explicit
 //!    `createdAt`/`updatedAt`, its `signup_bonus` ledger row (key `signup:<clerkId>`) and
 //!    the `"OutboxJob"` that writes our user id into Clerk's metadata after commit;
 //! 5. commit.
 //!
-//! On PostgreSQL, steps 1–3 are one statement (`PG_CLAIM`) and step 4 another
-//! (`PG_WRITE_USER`), so a signup costs 4 round trips with `BEGIN` and `COMMIT`
-//! (`upsert_user_postgres`). SQLite runs the same steps one statement at a time
+//! On PostgreSQL the five steps are ONE statement ([`PG_SIGNUP`]), run on its own: one
+//! round trip per webhook (`upsert_user_postgres`). SQLite, which has no data-modifying
+//! CTEs and no network, runs the same steps one statement at a time inside a transaction
 //! (`upsert_user_stepwise`), as does lazy provisioning, which writes no event.
 //!
 //! `user.deleted` deletes the user row (ledger rows stay), erases the stored payloads of
@@ -168,12 +168,12 @@ VALUES ($1, $2, $3)
 ON CONFLICT ("clerkId") DO UPDATE
 SET "deletedAt" = COALESCE("ClerkUserSync"."deletedAt", excluded."deletedAt")"#;
 
-/// The statements a `user.created` for a new user runs on PostgreSQL, in order, between
-/// `BEGIN` and `COMMIT` (one round trip each). `clerk-sync bench --print-pgbench-script`
-/// turns them into the pgbench peer of `bench/compare`: keep this list in step with
-/// `upsert_user_postgres`.
-pub fn new_user_statements_postgres() -> [&'static str; 2] {
-    [pg_claim(), PG_WRITE_USER]
+/// The statements a `user.created` for a new user runs on PostgreSQL, in order (one round
+/// trip each; today one statement, in autocommit). `clerk-sync bench
+/// --print-pgbench-script` turns them into the pgbench peer of `bench/compare`: keep this
+/// list in step with `upsert_user_postgres`.
+pub fn new_user_statements_postgres() -> [&'static str; 1] {
+    [pg_signup()]
 }
 
 const DELETE_USER: &str = r#"DELETE FROM "User" WHERE "clerkId" = $1"#;
@@ -182,7 +182,7 @@ const DELETE_USER: &str = r#"DELETE FROM "User" WHERE "clerkId" = $1"#;
 const ERASE_EVENT_PAYLOADS: &str = r#"
 UPDATE "WebhookEvent" SET "payload" = NULL WHERE "clerkId" = $1 AND "payload" IS NOT NULL"#;
 
-/// Bind the ten parameters of `INSERT_EVENT` (also the first ten of `PG_CLAIM`).
+/// Bind the ten parameters of `INSERT_EVENT`.
 macro_rules! bind_event {
     ($query:expr, $event:expr, $status:expr, $reason:expr, $now:expr) => {{
         let processed = $status != STATUS_FAILED;
@@ -332,9 +332,8 @@ async fn upsert_user(
 /// `event` is `None` when the user is provisioned from Clerk's Backend API (a credits call
 /// that arrived before the webhook): everything else is the same transaction.
 ///
-/// PostgreSQL runs it in 4 round trips (`BEGIN`, [`PG_CLAIM`], [`PG_WRITE_USER`],
-/// `COMMIT`); SQLite, which has no data-modifying CTEs and no network, runs the same
-/// steps one statement at a time.
+/// PostgreSQL runs a webhook's transaction as one statement ([`PG_SIGNUP`]); SQLite, and
+/// lazy provisioning on either backend, run the same steps one statement at a time.
 async fn upsert_user_tx(
     store: &Store,
     settings: &SignupSettings,
@@ -349,63 +348,111 @@ async fn upsert_user_tx(
     }
 }
 
-/// Steps 1–3 in one statement: record the event, claim the per-user sync row when the
-/// event is newer, and look for another owner of the email address.
-static PG_CLAIM: LazyLock<String> = LazyLock::new(|| {
+/// Steps 1–5 for a webhook on PostgreSQL, as ONE statement run on its own (autocommit):
+/// one round trip per signup, which is what matters on Neon, where every round trip
+/// crosses a network.
+///
+/// Its parts all see the statement's snapshot, so every decision that must survive a
+/// concurrent writer is taken by a unique index, never by a plain read:
+/// - `sync` claims the per-user row with `INSERT … ON CONFLICT DO UPDATE … WHERE newer`,
+///   which waits for a concurrent event of the same user and then judges the latest
+///   committed row;
+/// - `ev` records the event with `ON CONFLICT ("eventId")`, so of concurrent deliveries
+///   of one message exactly one gets a row back; the others are duplicates;
+/// - `usr` inserts the user with `ON CONFLICT ("clerkId") DO UPDATE`, so a user created
+///   by a concurrent event is updated, not inserted twice; the user is new exactly when
+///   the returned id is the one we proposed, and only then are the `signup_bonus` row and
+///   the outbox job written.
+///
+/// `prior` (a delivery already handled) and `taken` (the email address belongs to another
+/// Clerk user) are plain reads: they only keep a message that will change nothing from
+/// claiming the per-user row. Any write that fails (a constraint, a missing table) fails
+/// the whole statement, and nothing is written.
+///
+/// Returns no row for a duplicate, else the event's status and reason and whether the
+/// user was created.
+static PG_SIGNUP: LazyLock<String> = LazyLock::new(|| {
+    for reason in [EMAIL_TAKEN, REASON_DELETED, REASON_STALE] {
+        assert!(
+            !reason.contains('\''),
+            "reasons are inlined as SQL literals"
+        );
+    }
     format!(
         r#"
-WITH ev AS ({insert_event}),
+WITH prior AS (
+    SELECT "status" FROM "WebhookEvent" WHERE "eventId" = $2
+),
+taken AS (
+    SELECT EXISTS (SELECT 1 FROM "User" WHERE "email" = $7 AND "clerkId" <> $5) AS "yes"
+),
 sync AS (
     INSERT INTO "ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
-    SELECT $10, $11, NULL WHERE EXISTS (SELECT 1 FROM ev)
+    SELECT $5, $6, NULL
+    WHERE NOT EXISTS (SELECT 1 FROM prior WHERE "status" <> 'failed')
+      AND NOT (SELECT "yes" FROM taken)
     ON CONFLICT ("clerkId") DO UPDATE SET "clerkUpdatedAt" = excluded."clerkUpdatedAt"
     WHERE "ClerkUserSync"."clerkUpdatedAt" < excluded."clerkUpdatedAt"
       AND "ClerkUserSync"."deletedAt" IS NULL
     RETURNING "clerkId"
-)
-SELECT (SELECT "id" FROM ev),
-       EXISTS (SELECT 1 FROM sync),
-       EXISTS (SELECT 1 FROM "User" WHERE "email" = $12 AND "clerkId" <> $10)"#,
-        insert_event = INSERT_EVENT.trim()
-    )
-});
-
-/// Step 4 in one statement, on a fresh snapshot (after the sync row lock serialised any
-/// concurrent event for this user): update the user, or insert it with its signup bonus
-/// and its outbox job.
-pub(crate) const PG_WRITE_USER: &str = r#"
-WITH upd AS (
-    UPDATE "User"
-    SET "email" = $2, "photo" = $3, "firstName" = $4, "lastName" = $5, "updatedAt" = $6
-    WHERE "clerkId" = $1
-    RETURNING "id"
 ),
-ins AS (
+verdict AS (
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM sync) THEN 'processed'
+                WHEN (SELECT "yes" FROM taken) THEN 'failed'
+                ELSE 'ignored' END AS "status",
+           CASE WHEN EXISTS (SELECT 1 FROM sync) THEN NULL
+                WHEN (SELECT "yes" FROM taken) THEN '{EMAIL_TAKEN}'
+                WHEN EXISTS (SELECT 1 FROM "ClerkUserSync"
+                             WHERE "clerkId" = $5 AND "deletedAt" IS NOT NULL)
+                    THEN '{REASON_DELETED}'
+                ELSE '{REASON_STALE}' END AS "error"
+),
+ev AS (
+    INSERT INTO "WebhookEvent"
+        ("id", "eventId", "eventType", "processed", "processedAt", "createdAt", "status",
+         "error", "payload", "clerkId")
+    SELECT $1, $2, $3, v."status" <> 'failed',
+           CASE WHEN v."status" <> 'failed' THEN $11 END, $11, v."status", v."error", $4, $5
+    FROM verdict v
+    ON CONFLICT ("eventId") DO UPDATE SET
+        "eventType" = excluded."eventType", "processed" = excluded."processed",
+        "processedAt" = excluded."processedAt", "status" = excluded."status",
+        "error" = excluded."error", "payload" = excluded."payload", "clerkId" = excluded."clerkId"
+    WHERE "WebhookEvent"."status" = 'failed'
+    RETURNING "status", "error"
+),
+usr AS (
     INSERT INTO "User"
         ("id", "clerkId", "email", "photo", "firstName", "lastName",
          "usedGenerations", "availableGenerations", "createdAt", "updatedAt")
-    SELECT $7, $1, $2, $3, $4, $5, 0, $8, $6, $6
-    WHERE NOT EXISTS (SELECT 1 FROM upd)
+    SELECT $12, $5, $7, $8, $9, $10, 0, $13, $11, $11
+    WHERE EXISTS (SELECT 1 FROM ev WHERE "status" = 'processed')
+    ON CONFLICT ("clerkId") DO UPDATE SET
+        "email" = excluded."email", "photo" = excluded."photo",
+        "firstName" = excluded."firstName", "lastName" = excluded."lastName",
+        "updatedAt" = excluded."updatedAt"
     RETURNING "id"
 ),
 bonus AS (
     INSERT INTO "Transaction"
         ("id", "tracking_id", "userId", "status", "amount", "type", "description",
          "reason", "webhookEventId", "idempotencyKey", "balanceAfter", "createdAt")
-    SELECT $9, $1, ins."id", 'completed', $8, 'credit', 'Signup bonus',
-           'signup_bonus', $10, $11, $8, $6
-    FROM ins WHERE $8 > 0
+    SELECT $14, $5, usr."id", 'completed', $13, 'credit', 'Signup bonus',
+           'signup_bonus', $2, $15, $13, $11
+    FROM usr WHERE usr."id" = $12 AND $13 > 0
 ),
 job AS (
     INSERT INTO "OutboxJob"
         ("id", "kind", "payload", "status", "attempts", "nextAttemptAt", "createdAt", "updatedAt")
-    SELECT $12, $13, $14, 'pending', 0, $6, $6, $6
-    FROM ins
+    SELECT $16, $17, $18, 'pending', 0, $11, $11, $11
+    FROM usr WHERE usr."id" = $12
 )
-SELECT EXISTS (SELECT 1 FROM ins)"#;
+SELECT ev."status", ev."error", EXISTS (SELECT 1 FROM usr WHERE "id" = $12) FROM ev"#
+    )
+});
 
-pub(crate) fn pg_claim() -> &'static str {
-    PG_CLAIM.as_str()
+pub(crate) fn pg_signup() -> &'static str {
+    PG_SIGNUP.as_str()
 }
 
 async fn upsert_user_postgres(
@@ -416,50 +463,19 @@ async fn upsert_user_postgres(
 ) -> Result<UpsertResult, StoreError> {
     let now = store::now();
     let clerk_id = profile.clerk_id.as_str();
-    let p = pg.prepared;
-    let mut tx = pg.pool.begin().await?;
-    let (event_row_id, fresh, taken): (Option<String>, bool, bool) = bind_event!(
-        sqlx::query_as(pg_claim()),
-        event,
-        STATUS_PROCESSED,
-        None,
-        now
-    )
-    .bind(profile.clerk_updated_at)
-    .bind(profile.email.as_str())
-    .persistent(p)
-    .fetch_one(&mut *tx)
-    .await?;
-    let Some(event_row_id) = event_row_id else {
-        return Ok(UpsertResult::Done(Outcome::Duplicate));
-    };
-    if !fresh {
-        let deleted: bool = sqlx::query_scalar(USER_IS_DELETED)
-            .bind(clerk_id)
-            .persistent(p)
-            .fetch_one(&mut *tx)
-            .await?;
-        let reason = ignored_reason(deleted);
-        sqlx::query(MARK_EVENT_IGNORED)
-            .bind(&event_row_id)
-            .bind(reason)
-            .persistent(p)
-            .execute(&mut *tx)
-            .await?;
-        finish(tx, settings.dry_run).await?;
-        info!(reason, "event ignored");
-        return Ok(UpsertResult::Done(Outcome::Ignored(reason.to_owned())));
-    }
-    if taken {
-        return Ok(UpsertResult::Refused(EMAIL_TAKEN.to_owned()));
-    }
     let user_id = new_id();
     let job = Job::UpdateClerkMetadata {
         clerk_id: clerk_id.to_owned(),
         user_id: user_id.clone(),
     };
-    let created: bool = sqlx::query_scalar(PG_WRITE_USER)
+    let signup_key = format!("signup:{clerk_id}");
+    let query = sqlx::query_as(pg_signup())
+        .bind(new_id())
+        .bind(event.msg_id.as_str())
+        .bind(event.event_type)
+        .bind(event.payload.map(Json))
         .bind(clerk_id)
+        .bind(profile.clerk_updated_at)
         .bind(profile.email.as_str())
         .bind(&profile.photo)
         .bind(profile.first_name.as_deref())
@@ -468,30 +484,50 @@ async fn upsert_user_postgres(
         .bind(&user_id)
         .bind(settings.signup_credits)
         .bind(new_id())
-        .bind(event.msg_id.as_str())
-        .bind(format!("signup:{clerk_id}"))
+        .bind(&signup_key)
         .bind(new_id())
         .bind(job.kind())
         .bind(Json(&job))
-        .persistent(p)
-        .fetch_one(&mut *tx)
-        .await?;
-    finish(tx, settings.dry_run).await?;
-    if created {
-        info!(user_id = %user_id, "user created");
-        Ok(UpsertResult::Done(Outcome::Processed(Action::Created)))
+        .persistent(pg.prepared);
+    let row: Option<(String, Option<String>, bool)> = if settings.dry_run {
+        let mut tx = pg.pool.begin().await?;
+        let row = query.fetch_optional(&mut *tx).await?;
+        tx.rollback().await?;
+        row
     } else {
-        Ok(UpsertResult::Done(Outcome::Processed(Action::Updated)))
-    }
+        query.fetch_optional(&pg.pool).await?
+    };
+    let Some((status, reason, created)) = row else {
+        return Ok(UpsertResult::Done(Outcome::Duplicate));
+    };
+    let reason = reason.unwrap_or_default();
+    let outcome = match status.as_str() {
+        STATUS_PROCESSED if created => {
+            info!(user_id = %user_id, "user created");
+            Outcome::Processed(Action::Created)
+        }
+        STATUS_PROCESSED => Outcome::Processed(Action::Updated),
+        STATUS_IGNORED => {
+            info!(reason = %reason, "event ignored");
+            Outcome::Ignored(reason)
+        }
+        _ => {
+            tracing::error!(reason = %reason, "webhook event failed permanently");
+            Outcome::Failed(reason)
+        }
+    };
+    Ok(UpsertResult::Done(outcome))
 }
 
 const EMAIL_TAKEN: &str = "email address already belongs to another Clerk user";
+const REASON_DELETED: &str = "user was deleted; a late event does not bring it back";
+const REASON_STALE: &str = "stale: an event with a newer updated_at was already applied";
 
 fn ignored_reason(deleted: bool) -> &'static str {
     if deleted {
-        "user was deleted; a late event does not bring it back"
+        REASON_DELETED
     } else {
-        "stale: an event with a newer updated_at was already applied"
+        REASON_STALE
     }
 }
 
@@ -534,6 +570,16 @@ async fn upsert_user_stepwise(
             event_row_id = inserted;
         }
 
+        let taken: bool = sqlx::query_scalar(EMAIL_OWNED_BY_OTHER)
+            .bind(profile.email.as_str())
+            .bind(clerk_id)
+            .persistent(p)
+            .fetch_one(&mut *tx)
+            .await?;
+        if taken {
+            return Ok(UpsertResult::Refused(EMAIL_TAKEN.to_owned()));
+        }
+
         let fresh: Option<String> = sqlx::query_scalar(CLAIM_USER_SYNC)
             .bind(clerk_id)
             .bind(profile.clerk_updated_at)
@@ -558,16 +604,6 @@ async fn upsert_user_stepwise(
             finish(tx, settings.dry_run).await?;
             info!(reason, "event ignored");
             return Ok(UpsertResult::Done(Outcome::Ignored(reason.to_owned())));
-        }
-
-        let taken: bool = sqlx::query_scalar(EMAIL_OWNED_BY_OTHER)
-            .bind(profile.email.as_str())
-            .bind(clerk_id)
-            .persistent(p)
-            .fetch_one(&mut *tx)
-            .await?;
-        if taken {
-            return Ok(UpsertResult::Refused(EMAIL_TAKEN.to_owned()));
         }
 
         let updated: Option<String> = sqlx::query_scalar(UPDATE_USER)

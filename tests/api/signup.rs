@@ -9,6 +9,7 @@ both_backends!(
     created_user_has_every_column_a_ledger_row_and_a_job,
     twenty_concurrent_deliveries_of_one_message_make_one_user,
     update_before_create_creates_once_with_one_bonus,
+    concurrent_events_for_one_user_create_it_once_and_the_newest_wins,
     stale_update_after_a_newer_one_changes_nothing,
     delete_then_late_update_does_not_resurrect,
     other_event_types_are_recorded_as_ignored,
@@ -145,6 +146,133 @@ async fn update_before_create_creates_once_with_one_bonus(backend: Backend) {
     assert_eq!(ledger[0].webhook_event_id.as_deref(), Some("msg_upd"));
     assert_eq!(jobs(&app.store).await.len(), 1);
     assert_ledger_adds_up(&app.store).await;
+}
+
+/// Distinct messages about one user racing each other: a `user.created` and ten
+/// `user.updated`s with rising `updated_at`, for five users at once. Whatever order the
+/// database sees them in, each user is inserted once with one bonus and one job, and ends
+/// with the newest event's fields.
+async fn concurrent_events_for_one_user_create_it_once_and_the_newest_wins(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let created: Value = fixture_json("clerk-user-created.json");
+    let updated_at = created["data"]["updated_at"].as_i64().unwrap();
+
+    let mut sends = Vec::new();
+    for user in 0..5 {
+        for version in 0..=10 {
+            let mut event = created.clone();
+            if version > 0 {
+                event["type"] = json!("user.updated");
+            }
+            event["data"]["id"] = json!(format!("user_race{user}"));
+            event["data"]["email_addresses"][0]["email_address"] =
+                json!(format!("race{user}@example.org"));
+            event["data"]["updated_at"] = json!(updated_at + version);
+            event["data"]["last_name"] = json!(format!("v{version}"));
+            let body = serde_json::to_vec(&event).unwrap();
+            let msg_id = format!("msg_race{user}v{version}");
+            sends.push(tokio::spawn(app.signed_request(&msg_id, &body).send()));
+        }
+    }
+    for send in sends {
+        let (status, body) = status_json(send.await.unwrap().unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body["status"] == "processed" || body["status"] == "ignored",
+            "{body}"
+        );
+    }
+
+    let users = users(&app.store).await;
+    assert_eq!(users.len(), 5, "one row per user");
+    for u in &users {
+        assert_eq!(u.last_name.as_deref(), Some("v10"), "the newest event wins");
+        assert_eq!(u.available, 20);
+    }
+    let ledger = ledger(&app.store).await;
+    assert_eq!(ledger.len(), 5, "one signup bonus per user");
+    assert_eq!(jobs(&app.store).await.len(), 5, "one outbox job per user");
+    let events = events(&app.store).await;
+    assert_eq!(events.len(), 55);
+    assert!(events.iter().all(|e| e.processed), "none failed");
+    assert_ledger_adds_up(&app.store).await;
+}
+
+/// PostgreSQL only: SQLite admits one writer at a time, so this race cannot happen there.
+mod a_user_created_by_a_concurrent_statement_is_updated_not_inserted_again {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::a_user_created_by_a_concurrent_statement_is_updated_not_inserted_again().await
+    }
+}
+
+/// The signup statement reads with the snapshot it started with. Force the worst order: a
+/// `user.updated` starts while the `user.created` for the same user is half-way (its
+/// per-user row claimed, its event key blocked by an open transaction of ours), then waits
+/// for it. When the create commits, the update must find that user through the unique
+/// index and update it, not insert a second one (a 23505 and a 500).
+async fn a_user_created_by_a_concurrent_statement_is_updated_not_inserted_again() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(&db).await;
+    let created = fixture("clerk-user-created.json");
+    let mut updated: Value = fixture_json("clerk-user-created.json");
+    updated["type"] = json!("user.updated");
+    updated["data"]["updated_at"] = json!(updated["data"]["updated_at"].as_i64().unwrap() + 1);
+    updated["data"]["last_name"] = json!("Newer");
+    let updated = serde_json::to_vec(&updated).unwrap();
+
+    let clerk_sync::store::Store::Postgres(pg) = &app.store else {
+        unreachable!("a PostgreSQL test")
+    };
+    let mut blocker = pg.pool.begin().await.unwrap();
+    sqlx::query(
+        r#"INSERT INTO "WebhookEvent" ("id", "eventId", "eventType", "processed", "createdAt", "status")
+           VALUES ('blocker', 'msg_created', 'user.created', false, LOCALTIMESTAMP, 'failed')"#,
+    )
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+
+    let create = tokio::spawn(app.signed_request("msg_created", &created).send());
+    wait_for_lock_waiters(pg, 1).await;
+    let update = tokio::spawn(app.signed_request("msg_updated", &updated).send());
+    wait_for_lock_waiters(pg, 2).await;
+    blocker.rollback().await.unwrap();
+
+    assert_eq!(
+        status_json(create.await.unwrap().unwrap()).await,
+        (200, json!({"status": "processed", "action": "created"}))
+    );
+    assert_eq!(
+        status_json(update.await.unwrap().unwrap()).await,
+        (200, json!({"status": "processed", "action": "updated"}))
+    );
+    let users = users(&app.store).await;
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].last_name.as_deref(), Some("Newer"));
+    assert_eq!(users[0].available, 20);
+    assert_eq!(ledger(&app.store).await.len(), 1);
+    assert_eq!(jobs(&app.store).await.len(), 1);
+    assert_ledger_adds_up(&app.store).await;
+}
+
+/// Wait until `n` sessions on this database wait for a lock.
+async fn wait_for_lock_waiters(pg: &clerk_sync::store::PgStore, n: i64) {
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pg.pool)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{n} sessions never waited for a lock");
 }
 
 async fn stale_update_after_a_newer_one_changes_nothing(backend: Backend) {
