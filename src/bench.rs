@@ -1,8 +1,15 @@
-//! `clerk-sync bench`: a signup load generator for any deployment. Sends N distinct,
-//! correctly signed `user.created` events at concurrency C (closed loop) or at a fixed
-//! rate (open loop), each optionally K times at once, then reports throughput, latency
-//! percentiles and status counts, and, given a database URL, checks that exactly one
-//! user, one signup ledger row and one processed event exist per Clerk user.
+//! `clerk-sync bench`: a load generator for any deployment.
+//!
+//! - `signup` (default): N distinct, correctly signed `user.created` events at concurrency
+//!   C (closed loop) or at a fixed rate (open loop), each optionally K times at once; given
+//!   a database URL, checks that exactly one user, one signup ledger row and one processed
+//!   event exist per Clerk user.
+//! - `consume`: first signs up ⌈N / 10⌉ users through the webhook (not timed), then spends
+//!   one generation N times through `POST /v1/users/{id}/credits/consume`, round robin over
+//!   those users; given a database URL, checks N consume rows, N used generations and a
+//!   ledger that adds up for every one of them.
+//!
+//! Both report throughput, latency percentiles and status counts.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,10 +24,27 @@ use crate::store::Store;
 use crate::webhooks::{sign, WebhookSecret};
 use crate::with_pool;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Signed `user.created` webhooks.
+    Signup,
+    /// `POST /v1/users/{id}/credits/consume` of 1 generation.
+    Consume,
+}
+
+/// Consumes per bench user: each starts with the signup bonus, so `SIGNUP_CREDITS` must be
+/// at least this for every consume to succeed.
+pub const CONSUMES_PER_USER: usize = 10;
+
 #[derive(Debug, Clone)]
 pub struct BenchPlan {
+    pub scenario: Scenario,
+    /// The webhook endpoint; the credits API is on the same origin.
     pub url: String,
     pub secret: WebhookSecret,
+    /// Bearer key for the credits API (`consume`).
+    pub api_key: Option<String>,
     pub events: usize,
     pub concurrency: usize,
     /// Open loop: requests started per second, whatever the answers.
@@ -31,6 +55,7 @@ pub struct BenchPlan {
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
+    pub scenario: Scenario,
     pub url: String,
     pub mode: String,
     pub events: usize,
@@ -53,21 +78,29 @@ pub struct Latency {
     pub max: f64,
 }
 
+/// What the database holds after the run, against what it should hold.
 #[derive(Debug, Serialize)]
 pub struct Verification {
-    pub users: i64,
-    pub signup_ledger_rows: i64,
-    pub processed_events: i64,
-    pub expected: i64,
+    pub checks: Vec<Check>,
     pub exact: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub what: &'static str,
+    pub found: i64,
+    pub expected: i64,
 }
 
 /// One request's answer: latency in microseconds and the status (0: no answer).
 type Sample = (u32, u16);
 
+/// Builds request `i` of a run (called once per delivery, so duplicates are identical).
+type MakeRequest = Arc<dyn Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync>;
+
 /// The body of event `i` of run `run`: a `user.created` in Clerk's shape.
 fn event(run: &str, i: usize, now_ms: i64) -> (String, Vec<u8>) {
-    let id = format!("user_bench{run}x{i}");
+    let id = bench_clerk_id(run, i);
     let body = serde_json::json!({
         "data": {
             "id": id,
@@ -90,23 +123,43 @@ fn event(run: &str, i: usize, now_ms: i64) -> (String, Vec<u8>) {
     )
 }
 
-async fn deliver(
-    client: &reqwest::Client,
-    url: &str,
-    secret: &WebhookSecret,
-    msg_id: &str,
-    body: &[u8],
-) -> Sample {
-    let ts = chrono::Utc::now().timestamp();
-    let signature = sign(secret, msg_id, ts, body);
+fn bench_clerk_id(run: &str, i: usize) -> String {
+    format!("user_bench{run}x{i}")
+}
+
+fn signup_requests(url: Arc<str>, secret: WebhookSecret, run: String, now_ms: i64) -> MakeRequest {
+    Arc::new(move |client, i| {
+        let (msg_id, body) = event(&run, i, now_ms);
+        let ts = chrono::Utc::now().timestamp();
+        let signature = sign(&secret, &msg_id, ts, &body);
+        client
+            .post(&*url)
+            .header("content-type", "application/json")
+            .header("svix-id", msg_id)
+            .header("svix-timestamp", ts.to_string())
+            .header("svix-signature", signature)
+            .body(body)
+    })
+}
+
+fn consume_requests(origin: &url::Url, api_key: String, run: String, users: usize) -> MakeRequest {
+    let base = format!("{}v1/users/", origin.as_str());
+    let auth = format!("Bearer {api_key}");
+    Arc::new(move |client, i| {
+        let url = format!("{base}{}/credits/consume", bench_clerk_id(&run, i % users));
+        client
+            .post(url)
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"amount":1,"idempotencyKey":"bench{run}x{i}"}}"#
+            ))
+    })
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Sample {
     let start = Instant::now();
-    let status = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("svix-id", msg_id)
-        .header("svix-timestamp", ts.to_string())
-        .header("svix-signature", signature)
-        .body(body.to_vec())
+    let status = request
         .send()
         .await
         .map(|r| r.status().as_u16())
@@ -117,34 +170,81 @@ async fn deliver(
     )
 }
 
-/// Send one event `duplicates` times at once.
+/// Send request `i` `duplicates` times at once.
 async fn deliver_all(
     client: reqwest::Client,
-    url: Arc<str>,
-    secret: WebhookSecret,
-    msg_id: String,
-    body: Vec<u8>,
+    make: MakeRequest,
+    i: usize,
     duplicates: usize,
 ) -> Vec<Sample> {
-    let body: Arc<[u8]> = body.into();
-    let mut extra = Vec::new();
-    for _ in 1..duplicates {
-        let (client, url, secret, msg_id, body) = (
-            client.clone(),
-            url.clone(),
-            secret.clone(),
-            msg_id.clone(),
-            body.clone(),
-        );
-        extra.push(tokio::spawn(async move {
-            deliver(&client, &url, &secret, &msg_id, &body).await
-        }));
-    }
-    let mut samples = vec![deliver(&client, &url, &secret, &msg_id, &body).await];
+    let extra: Vec<_> = (1..duplicates)
+        .map(|_| tokio::spawn(send(make(&client, i))))
+        .collect();
+    let mut samples = vec![send(make(&client, i)).await];
     for h in extra {
         samples.push(h.await.unwrap_or((0, 0)));
     }
     samples
+}
+
+/// Requests `0..count`, closed loop at `concurrency` or open loop at `rate`.
+async fn drive(
+    client: &reqwest::Client,
+    make: MakeRequest,
+    count: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+    duplicates: usize,
+) -> anyhow::Result<Vec<Sample>> {
+    let start = Instant::now();
+    let mut all = Vec::with_capacity(count * duplicates);
+    match rate {
+        None => {
+            let next = Arc::new(AtomicUsize::new(0));
+            let mut workers = Vec::new();
+            for _ in 0..concurrency {
+                let (client, make, next) = (client.clone(), make.clone(), next.clone());
+                workers.push(tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= count {
+                            return samples;
+                        }
+                        samples
+                            .extend(deliver_all(client.clone(), make.clone(), i, duplicates).await);
+                    }
+                }));
+            }
+            for w in workers {
+                all.extend(w.await?);
+            }
+        }
+        Some(rate) => {
+            anyhow::ensure!(rate > 0.0, "--rate must be positive");
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let mut tasks = Vec::with_capacity(count);
+            for i in 0..count {
+                // Latency counts from the scheduled start, so a slow server cannot hide
+                // its queueing (no coordinated omission).
+                let scheduled = start + interval.mul_f64(i as f64);
+                tokio::time::sleep_until(scheduled.into()).await;
+                let (client, make) = (client.clone(), make.clone());
+                tasks.push(tokio::spawn(async move {
+                    let samples = deliver_all(client, make, i, duplicates).await;
+                    let waited = scheduled.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                    samples
+                        .into_iter()
+                        .map(|(_, status)| (waited, status))
+                        .collect::<Vec<_>>()
+                }));
+            }
+            for t in tasks {
+                all.extend(t.await?);
+            }
+        }
+    }
+    Ok(all)
 }
 
 pub async fn run(plan: BenchPlan) -> anyhow::Result<BenchReport> {
@@ -156,75 +256,44 @@ pub async fn run(plan: BenchPlan) -> anyhow::Result<BenchReport> {
     let run_id = cuid2::slug();
     let now_ms = chrono::Utc::now().timestamp_millis();
     let duplicates = plan.duplicates.max(1);
-    let start = Instant::now();
-    let samples: Vec<Sample> = match plan.rate {
-        None => {
-            let next = Arc::new(AtomicUsize::new(0));
-            let mut workers = Vec::new();
-            for _ in 0..plan.concurrency {
-                let (client, url, secret, next, run_id) = (
-                    client.clone(),
-                    url.clone(),
-                    plan.secret.clone(),
-                    next.clone(),
-                    run_id.clone(),
-                );
-                let events = plan.events;
-                workers.push(tokio::spawn(async move {
-                    let mut samples = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= events {
-                            return samples;
-                        }
-                        let (msg_id, body) = event(&run_id, i, now_ms);
-                        samples.extend(
-                            deliver_all(
-                                client.clone(),
-                                url.clone(),
-                                secret.clone(),
-                                msg_id,
-                                body,
-                                duplicates,
-                            )
-                            .await,
-                        );
-                    }
-                }));
-            }
-            let mut all = Vec::new();
-            for w in workers {
-                all.extend(w.await?);
-            }
-            all
-        }
-        Some(rate) => {
-            anyhow::ensure!(rate > 0.0, "--rate must be positive");
-            let interval = Duration::from_secs_f64(1.0 / rate);
-            let mut tasks = Vec::with_capacity(plan.events);
-            for i in 0..plan.events {
-                // Latency counts from the scheduled start, so a slow server cannot hide
-                // its queueing (no coordinated omission).
-                let scheduled = start + interval.mul_f64(i as f64);
-                tokio::time::sleep_until(scheduled.into()).await;
-                let (msg_id, body) = event(&run_id, i, now_ms);
-                let (client, url, secret) = (client.clone(), url.clone(), plan.secret.clone());
-                tasks.push(tokio::spawn(async move {
-                    let samples = deliver_all(client, url, secret, msg_id, body, duplicates).await;
-                    let waited = scheduled.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                    samples
-                        .into_iter()
-                        .map(|(_, status)| (waited, status))
-                        .collect::<Vec<_>>()
-                }));
-            }
-            let mut all = Vec::new();
-            for t in tasks {
-                all.extend(t.await?);
-            }
-            all
+    let signups = signup_requests(url.clone(), plan.secret.clone(), run_id.clone(), now_ms);
+    let (make, users) = match plan.scenario {
+        Scenario::Signup => (signups, plan.events),
+        Scenario::Consume => {
+            let api_key = plan
+                .api_key
+                .clone()
+                .context("the consume scenario needs --api-key (one of CLERK_SYNC_API_KEYS)")?;
+            let origin = url::Url::parse(&plan.url)
+                .context("--url")?
+                .join("/")
+                .context("--url")?;
+            let users = plan.events.div_ceil(CONSUMES_PER_USER);
+            let setup = drive(&client, signups, users, plan.concurrency, None, 1).await?;
+            let failed = setup
+                .iter()
+                .filter(|(_, s)| !(200..300).contains(s))
+                .count();
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} of {users} bench users could not sign up"
+            );
+            (
+                consume_requests(&origin, api_key, run_id.clone(), users),
+                users,
+            )
         }
     };
+    let start = Instant::now();
+    let samples = drive(
+        &client,
+        make,
+        plan.events,
+        plan.concurrency,
+        plan.rate,
+        duplicates,
+    )
+    .await?;
     let seconds = start.elapsed().as_secs_f64();
 
     let mut latencies: Vec<u32> = samples.iter().map(|(l, _)| *l).collect();
@@ -251,13 +320,14 @@ pub async fn run(plan: BenchPlan) -> anyhow::Result<BenchReport> {
         .filter(|(_, s)| !(200..300).contains(s))
         .count();
     let database = match &plan.verify {
-        Some(db) => Some(verify(db, &run_id, plan.events).await?),
+        Some(db) => Some(verify(db, plan.scenario, &run_id, users, plan.events).await?),
         None => None,
     };
     Ok(BenchReport {
+        scenario: plan.scenario,
         url: plan.url,
         mode: match plan.rate {
-            Some(r) => format!("open loop at {r} events/s"),
+            Some(r) => format!("open loop at {r} requests/s"),
             None => format!("closed loop at concurrency {}", plan.concurrency),
         },
         events: plan.events,
@@ -278,41 +348,123 @@ pub async fn run(plan: BenchPlan) -> anyhow::Result<BenchReport> {
     })
 }
 
-async fn verify(url: &DatabaseUrl, run_id: &str, expected: usize) -> anyhow::Result<Verification> {
-    const COUNTS: &str = r#"
+/// Counts for the run's users (Clerk ids `user_bench<run>x…`) and events.
+const SIGNUP_COUNTS: &str = r#"
 SELECT (SELECT COUNT(*) FROM "User" WHERE substr("clerkId", 1, length($1)) = $1),
        (SELECT COUNT(DISTINCT "tracking_id") FROM "Transaction"
          WHERE "reason" = 'signup_bonus' AND substr("tracking_id", 1, length($1)) = $1),
        (SELECT COUNT(*) FROM "Transaction"
          WHERE "reason" = 'signup_bonus' AND substr("tracking_id", 1, length($1)) = $1),
        (SELECT COUNT(*) FROM "WebhookEvent" WHERE substr("eventId", 1, length($2)) = $2 AND "status" = 'processed')"#;
+
+const CONSUME_COUNTS: &str = r#"
+WITH bench AS (
+    SELECT "id", "availableGenerations" AS available, "usedGenerations" AS used
+    FROM "User" WHERE substr("clerkId", 1, length($1)) = $1
+),
+moves AS (
+    SELECT t."userId",
+           SUM(CASE WHEN t."reason" = 'consume' THEN 1 ELSE 0 END) AS consumes,
+           SUM(CASE WHEN t."type" = 'credit' THEN t."amount" ELSE -t."amount" END) AS net
+    FROM "Transaction" t JOIN bench b ON b."id" = t."userId"
+    GROUP BY t."userId"
+)
+SELECT (SELECT COUNT(*) FROM bench),
+       CAST((SELECT COALESCE(SUM(consumes), 0) FROM moves) AS BIGINT),
+       CAST((SELECT COALESCE(SUM(used), 0) FROM bench) AS BIGINT),
+       (SELECT COUNT(*) FROM bench b LEFT JOIN moves m ON m."userId" = b."id"
+         WHERE COALESCE(m.net, 0) <> b.available - b.used)"#;
+
+async fn verify(
+    url: &DatabaseUrl,
+    scenario: Scenario,
+    run_id: &str,
+    users: usize,
+    requests: usize,
+) -> anyhow::Result<Verification> {
     let store = Store::connect(url, 1, Duration::from_secs(10))
         .await
         .context("connecting to verify")?;
     let user_prefix = format!("user_bench{run_id}x");
     let msg_prefix = format!("msg_bench{run_id}x");
-    let (users, distinct_signup, signup, events): (i64, i64, i64, i64) =
-        with_pool!(&store, |pool, p| {
-            sqlx::query_as(COUNTS)
-                .bind(&user_prefix)
-                .bind(&msg_prefix)
-                .persistent(p)
-                .fetch_one(pool)
-                .await
-                .context("counting rows")?
-        });
+    let (a, b, c, d): (i64, i64, i64, i64) = with_pool!(&store, |pool, p| {
+        sqlx::query_as(match scenario {
+            Scenario::Signup => SIGNUP_COUNTS,
+            Scenario::Consume => CONSUME_COUNTS,
+        })
+        .bind(&user_prefix)
+        .bind(&msg_prefix)
+        .persistent(p)
+        .fetch_one(pool)
+        .await
+        .context("counting rows")?
+    });
     store.close().await;
-    let expected = expected as i64;
+    let (users, requests) = (users as i64, requests as i64);
+    let checks = match scenario {
+        Scenario::Signup => vec![
+            Check {
+                what: "users",
+                found: a,
+                expected: users,
+            },
+            Check {
+                what: "signup ledger rows",
+                found: c,
+                expected: users,
+            },
+            Check {
+                what: "users with a signup row",
+                found: b,
+                expected: users,
+            },
+            Check {
+                what: "processed events",
+                found: d,
+                expected: users,
+            },
+        ],
+        Scenario::Consume => vec![
+            Check {
+                what: "users",
+                found: a,
+                expected: users,
+            },
+            Check {
+                what: "consume ledger rows",
+                found: b,
+                expected: requests,
+            },
+            Check {
+                what: "used generations",
+                found: c,
+                expected: requests,
+            },
+            Check {
+                what: "users whose ledger does not add up",
+                found: d,
+                expected: 0,
+            },
+        ],
+    };
     Ok(Verification {
-        users,
-        signup_ledger_rows: signup,
-        processed_events: events,
-        expected,
-        exact: users == expected
-            && signup == expected
-            && distinct_signup == expected
-            && events == expected,
+        exact: checks.iter().all(|c| c.found == c.expected),
+        checks,
     })
+}
+
+/// Replace `$1`, `$2`, … in `sql` with pgbench expressions.
+fn substitute(sql: &str, args: &[String]) -> String {
+    let mut stmt = sql.trim().to_owned();
+    // Highest index first, so `$1` never eats the start of `$10`.
+    for (i, arg) in args.iter().enumerate().rev() {
+        stmt = stmt.replace(&format!("${}", i + 1), arg);
+    }
+    assert!(
+        !stmt.contains('$'),
+        "a parameter of a service statement has no pgbench value"
+    );
+    stmt
 }
 
 /// A pgbench script running exactly the service's signup statements for a new user
@@ -363,19 +515,67 @@ pub fn pgbench_signup_script() -> String {
         .iter()
         .zip(params)
     {
-        let mut stmt = sql.trim().to_owned();
-        // Highest index first, so `$1` never eats the start of `$10`.
-        for (i, arg) in args.iter().enumerate().rev() {
-            stmt = stmt.replace(&format!("${}", i + 1), arg);
-        }
-        assert!(
-            !stmt.contains('$'),
-            "a parameter of a signup statement has no pgbench value"
-        );
-        script.push_str(&stmt);
+        script.push_str(&substitute(sql, &args));
         script.push_str(";\n");
     }
     script
+}
+
+/// Users the consume pgbench script spends from (`pgbench_consume_setup`).
+pub const PGBENCH_CONSUME_USERS: u32 = 10_000;
+
+/// SQL that creates the users `pgbench_consume_script` spends from: Clerk ids
+/// `user_pgbc1` … `user_pgbc10000`, each with a balance no run can exhaust.
+pub fn pgbench_consume_setup() -> String {
+    format!(
+        r#"INSERT INTO "User"
+    ("id", "clerkId", "email", "photo", "firstName", "lastName",
+     "usedGenerations", "availableGenerations", "createdAt", "updatedAt")
+SELECT 'pgbcu' || g, 'user_pgbc' || g, 'pgbc' || g || '@example.com', '', 'Bench', 'User',
+       0, 1000000000, LOCALTIMESTAMP, LOCALTIMESTAMP
+FROM generate_series(1, {PGBENCH_CONSUME_USERS}) AS g
+ON CONFLICT DO NOTHING;
+"#
+    )
+}
+
+/// A pgbench script running exactly the service's statements for one consume of 1
+/// (`credits::consume_statements`): the user lookup on its own, then the debit and the
+/// ledger row in one transaction, each `$n` bound to what the service binds (the user's
+/// id and the balance come back from the statements before, as in the service).
+pub fn pgbench_consume_script() -> String {
+    let key = "'pgb' || CAST(:n AS text)".to_owned();
+    let now = "LOCALTIMESTAMP".to_owned();
+    let s = |v: &str| v.to_owned();
+    let [find, debit, insert] = crate::credits::consume_statements();
+    format!(
+        "-- Generated by `clerk-sync bench --scenario consume --print-pgbench-script` from credits::consume_statements().\n\
+         -- Needs the users of `clerk-sync bench --scenario consume --print-pgbench-setup`.\n\
+         \\set u random(1, {PGBENCH_CONSUME_USERS})\n\
+         \\set n random(1, 9000000000000000000)\n\
+         {} \\gset p_\n\
+         BEGIN;\n\
+         {} \\gset d_\n\
+         {};\n\
+         COMMIT;\n",
+        substitute(find, &[s("'user_pgbc' || CAST(:u AS text)")]),
+        substitute(debit, &[s(":p_id"), s("1"), now.clone()]),
+        substitute(
+            insert,
+            &[
+                s("'pgbt' || CAST(:n AS text)"),
+                key.clone(),
+                s(":p_id"),
+                s("1"),
+                s("'debit'"),
+                s("'Generations spent'"),
+                s("'consume'"),
+                key,
+                s(":d_balance"),
+                now,
+            ]
+        ),
+    )
 }
 
 impl BenchReport {
@@ -386,7 +586,8 @@ impl BenchReport {
             .map(|(s, n)| format!("{s}: {n}"))
             .collect();
         let mut out = format!(
-            "clerk-sync bench → {}\n  mode         {}\n  events       {} × {} deliver{}\n  requests     {}\n  duration     {:.2} s\n  throughput   {:.0} req/s\n  latency ms   p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}\n  statuses     {}\n",
+            "clerk-sync bench {:?} → {}\n  mode         {}\n  events       {} × {} deliver{}\n  requests     {}\n  duration     {:.2} s\n  throughput   {:.0} req/s\n  latency ms   p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}\n  statuses     {}\n",
+            self.scenario,
             self.url,
             self.mode,
             self.events,
@@ -402,14 +603,14 @@ impl BenchReport {
             statuses.join(", "),
         );
         if let Some(v) = &self.database {
+            let checks: Vec<String> = v
+                .checks
+                .iter()
+                .map(|c| format!("{} {}/{}", c.what, c.found, c.expected))
+                .collect();
             out.push_str(&format!(
-                "  database     users {}/{}, signup ledger rows {}/{}, processed events {}/{}: {}\n",
-                v.users,
-                v.expected,
-                v.signup_ledger_rows,
-                v.expected,
-                v.processed_events,
-                v.expected,
+                "  database     {}: {}\n",
+                checks.join(", "),
                 if v.exact { "exact" } else { "MISMATCH" }
             ));
         }

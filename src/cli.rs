@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::bench::Scenario;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "clerk-sync",
@@ -42,13 +44,18 @@ pub enum Command {
     Smoke(DatabaseArgs),
     /// Send a correctly signed sample `user.created` (or a payload file) to a running server.
     Send(SendArgs),
-    /// Load-test a deployment with distinct, signed `user.created` events.
+    /// Load-test a deployment: signed `user.created` events, or credits consumes.
     Bench(BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Webhook endpoint of the deployment under test.
+    /// What to send: `signup` (distinct signed `user.created` events) or `consume` (sign
+    /// up ⌈N/10⌉ users untimed, then N consumes of 1 through the credits API).
+    #[arg(long, value_enum, default_value_t = Scenario::Signup)]
+    pub scenario: Scenario,
+
+    /// Webhook endpoint of the deployment under test (the credits API is on its origin).
     #[arg(long, default_value = "http://127.0.0.1:3000/api/webhooks/clerk")]
     pub url: String,
 
@@ -56,7 +63,11 @@ pub struct BenchArgs {
     #[arg(long, env = "CLERK_WEBHOOK_SIGNING_SECRET", hide_env_values = true)]
     pub clerk_webhook_signing_secret: Option<String>,
 
-    /// Distinct events (distinct Clerk users) to send.
+    /// Bearer key for the credits API (`consume`): one of the service's CLERK_SYNC_API_KEYS.
+    #[arg(long, env = "CLERK_SYNC_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Requests to time: distinct events (signup) or consumes (consume).
     #[arg(short = 'n', long, default_value_t = 10_000)]
     pub events: usize,
 
@@ -85,9 +96,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Print the pgbench script that runs the service's signup statements, then exit.
+    /// Print the pgbench script that runs the service's statements for the scenario,
+    /// then exit.
     #[arg(long)]
     pub print_pgbench_script: bool,
+
+    /// Print the SQL that creates the users the consume pgbench script spends from, then
+    /// exit.
+    #[arg(long)]
+    pub print_pgbench_setup: bool,
 
     /// Used only to find the data directory holding the development secret.
     #[arg(

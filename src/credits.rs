@@ -165,12 +165,12 @@ FROM "User" WHERE "clerkId" = $1"#;
 const DEBIT_USER: &str = r#"
 UPDATE "User" SET "usedGenerations" = "usedGenerations" + $2, "updatedAt" = $3
 WHERE "id" = $1 AND "availableGenerations" - "usedGenerations" >= $2
-RETURNING CAST("availableGenerations" - "usedGenerations" AS BIGINT)"#;
+RETURNING CAST("availableGenerations" - "usedGenerations" AS BIGINT) AS "balance""#;
 
 const CREDIT_USER: &str = r#"
 UPDATE "User" SET "availableGenerations" = "availableGenerations" + $2, "updatedAt" = $3
 WHERE "id" = $1 AND "availableGenerations" <= 2147483647 - $2
-RETURNING CAST("availableGenerations" - "usedGenerations" AS BIGINT)"#;
+RETURNING CAST("availableGenerations" - "usedGenerations" AS BIGINT) AS "balance""#;
 
 const INSERT_MOVEMENT: &str = r#"
 INSERT INTO "Transaction"
@@ -179,6 +179,14 @@ INSERT INTO "Transaction"
 VALUES ($1, $2, $3, 'completed', $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT ("userId", "idempotencyKey") DO NOTHING
 RETURNING "id""#;
+
+/// The statements a successful consume runs, in order: `FIND_USER` on the pool, then
+/// `DEBIT_USER` and `INSERT_MOVEMENT` between `BEGIN` and `COMMIT`. `clerk-sync bench
+/// --scenario consume --print-pgbench-script` turns them into the pgbench peer of
+/// `bench/compare`: keep this list in step with `resolve_user` and `apply_tx`.
+pub fn consume_statements() -> [&'static str; 3] {
+    [FIND_USER, DEBIT_USER, INSERT_MOVEMENT]
+}
 
 const FIND_MOVEMENT: &str = r#"
 SELECT "id", "type", "reason", "amount", "balanceAfter"

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod adoption;
+mod bench;
 mod credits;
 mod diagnose;
 mod health;

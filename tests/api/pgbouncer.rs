@@ -71,39 +71,3 @@ mod pgbouncer_mode_runs_every_statement_unprepared {
         );
     }
 }
-
-mod pgbench_script_runs_the_signup_statements {
-    use super::*;
-
-    /// The script `bench/compare` gives pgbench is valid SQL that signs a user up.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        let db = TestDb::new(Backend::Postgres).await;
-        db.store().await.migrate().await.unwrap();
-        let script = clerk_sync::bench::pgbench_signup_script();
-        let sql: String = script
-            .lines()
-            .filter(|l| !l.starts_with('\\'))
-            .collect::<Vec<_>>()
-            .join("\n")
-            .replace(":n", "42");
-
-        db.exec(&sql).await;
-
-        let store = db.store().await;
-        let users = users(&store).await;
-        assert_eq!(users.len(), 1);
-        assert_eq!(
-            (users[0].clerk_id.as_str(), users[0].available),
-            ("user_pgb42", 20)
-        );
-        let rows = ledger(&store).await;
-        assert_eq!(rows.len(), 1);
-        assert_eq!(
-            rows[0].idempotency_key.as_deref(),
-            Some("signup:user_pgb42")
-        );
-        assert_eq!(jobs(&store).await.len(), 1);
-        assert_eq!(events(&store).await[0].event_id, "msg_pgb42");
-    }
-}

@@ -1,0 +1,166 @@
+//! `clerk-sync bench` and the pgbench scripts of `bench/compare`: the generator drives a
+//! real service and its database check sees what was written; each pgbench script is
+//! valid SQL that does what the service does.
+
+use clerk_sync::bench::{self, BenchPlan, Scenario};
+use clerk_sync::config::DatabaseUrl;
+use clerk_sync::webhooks::WebhookSecret;
+use clerk_sync::with_pool;
+
+use crate::both_backends;
+use crate::helpers::*;
+
+both_backends!(
+    signup_bench_reports_every_request_and_an_exact_database,
+    consume_bench_spends_once_per_request_and_the_ledger_adds_up,
+);
+
+fn plan(app: &TestApp, db: &TestDb, scenario: Scenario, requests: usize) -> BenchPlan {
+    BenchPlan {
+        scenario,
+        url: app.webhook_url(),
+        secret: WebhookSecret::parse(SECRET).unwrap(),
+        api_key: Some(API_KEY.to_owned()),
+        events: requests,
+        concurrency: 4,
+        rate: None,
+        duplicates: 1,
+        verify: Some(DatabaseUrl::parse(&db.url).unwrap()),
+    }
+}
+
+async fn signup_bench_reports_every_request_and_an_exact_database(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let mut plan = plan(&app, &db, Scenario::Signup, 30);
+    plan.duplicates = 2;
+
+    let report = bench::run(plan).await.unwrap();
+
+    assert_eq!(report.requests, 60);
+    assert_eq!(
+        report.statuses.get("200"),
+        Some(&60),
+        "{:?}",
+        report.statuses
+    );
+    assert_eq!(report.non_2xx, 0);
+    let checks = report.database.unwrap();
+    assert!(checks.exact, "{checks:?}");
+    assert_eq!(users(&app.store).await.len(), 30);
+    assert_eq!(ledger(&app.store).await.len(), 30);
+    assert_eq!(
+        events(&app.store).await.len(),
+        30,
+        "duplicates wrote nothing"
+    );
+}
+
+async fn consume_bench_spends_once_per_request_and_the_ledger_adds_up(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+
+    let report = bench::run(plan(&app, &db, Scenario::Consume, 25))
+        .await
+        .unwrap();
+
+    assert_eq!(report.requests, 25, "the signups before are not timed");
+    assert_eq!(report.non_2xx, 0, "{:?}", report.statuses);
+    let checks = report.database.unwrap();
+    assert!(checks.exact, "{checks:?}");
+    let users = users(&app.store).await;
+    assert_eq!(users.len(), 3, "25 consumes, 10 per user");
+    let mut used: Vec<i32> = users.iter().map(|u| u.used).collect();
+    used.sort_unstable();
+    assert_eq!(used, [8, 8, 9], "round robin over the users");
+    let ledger = ledger(&app.store).await;
+    assert_eq!(
+        ledger
+            .iter()
+            .filter(|r| r.reason.as_deref() == Some("consume"))
+            .count(),
+        25
+    );
+    assert_ledger_adds_up(&app.store).await;
+}
+
+mod pgbench_script_runs_the_signup_statements {
+    use super::*;
+
+    /// The script `bench/compare` gives pgbench is valid SQL that signs a user up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = TestDb::new(Backend::Postgres).await;
+        db.store().await.migrate().await.unwrap();
+        let script = clerk_sync::bench::pgbench_signup_script();
+        let sql: String = script
+            .lines()
+            .filter(|l| !l.starts_with('\\'))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace(":n", "42");
+
+        db.exec(&sql).await;
+
+        let store = db.store().await;
+        let users = users(&store).await;
+        assert_eq!(users.len(), 1);
+        assert_eq!(
+            (users[0].clerk_id.as_str(), users[0].available),
+            ("user_pgb42", 20)
+        );
+        let rows = ledger(&store).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0].idempotency_key.as_deref(),
+            Some("signup:user_pgb42")
+        );
+        assert_eq!(jobs(&store).await.len(), 1);
+        assert_eq!(events(&store).await[0].event_id, "msg_pgb42");
+    }
+}
+
+mod pgbench_script_runs_the_consume_statements {
+    use super::*;
+
+    /// The consume script `bench/compare` gives pgbench runs under the real pgbench (it
+    /// passes ids and balances between statements with `\gset`): each transaction spends
+    /// one generation and writes its ledger row with the balance after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = TestDb::new(Backend::Postgres).await;
+        db.store().await.migrate().await.unwrap();
+        db.exec(&bench::pgbench_consume_setup()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("consume.pgbench");
+        std::fs::write(&script, bench::pgbench_consume_script()).unwrap();
+
+        let out = tokio::process::Command::new("pgbench")
+            .args(["-n", "-M", "prepared", "-c", "2", "-t", "20", "-f"])
+            .arg(&script)
+            .arg(&db.url)
+            .output()
+            .await
+            .expect("pgbench (Debian: postgresql-client) must be installed");
+        assert!(
+            out.status.success(),
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let store = db.store().await;
+        let (rows, used, wrong_balance): (i64, i64, i64) = with_pool!(&store, |pool, _p| {
+            sqlx::query_as(
+                r#"SELECT (SELECT COUNT(*) FROM "Transaction" WHERE "reason" = 'consume'),
+                          (SELECT CAST(SUM("usedGenerations") AS BIGINT) FROM "User"),
+                          (SELECT COUNT(*) FROM "Transaction" t JOIN "User" u ON u."id" = t."userId"
+                            WHERE t."balanceAfter" > u."availableGenerations" - 1
+                               OR t."balanceAfter" < u."availableGenerations" - u."usedGenerations")"#,
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap()
+        });
+        assert_eq!((rows, used, wrong_balance), (40, 40, 0));
+    }
+}
