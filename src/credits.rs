@@ -1,10 +1,13 @@
 //! Credits: spend and grant generations atomically, with a ledger that always adds up.
 //!
-//! A movement is one transaction of two statements: a conditional `UPDATE "User"` (a
-//! debit never takes the balance below zero) and the ledger row with its
-//! `balanceAfter`, keyed by the caller's idempotency key (unique per user). A repeated
-//! key returns the first result; the same key with a different request is a conflict.
+//! A movement is one transaction: a conditional `UPDATE "User"` (a debit never takes the
+//! balance below zero) and the ledger row with its `balanceAfter`, keyed by the caller's
+//! idempotency key (unique per user). A repeated key returns the first result; the same
+//! key with a different request is a conflict. On PostgreSQL the user lookup, the key
+//! check, the update and the ledger row are ONE statement (one round trip,
+//! `Change::movement_postgres`); SQLite runs them one at a time (`apply_stepwise`).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
@@ -14,7 +17,7 @@ use tracing::{info, instrument};
 use crate::domain::{Amount, CallerKey, ClerkUserId};
 use crate::outbox::{ClerkClient, DeliveryError};
 use crate::signup::{self, SignupSettings};
-use crate::store::{self, new_id, Store, StoreError};
+use crate::store::{self, new_id, ConstraintKind, PgStore, Store, StoreError};
 use crate::webhooks::clerk_event::profile_from_user;
 use crate::{with_pool, with_tx};
 
@@ -162,15 +165,88 @@ SELECT "id", "clerkId", "email", "firstName", "lastName", "photo",
        "availableGenerations", "usedGenerations", "createdAt", "updatedAt"
 FROM "User" WHERE "clerkId" = $1"#;
 
-const DEBIT_USER: &str = r#"
-UPDATE "User" SET "usedGenerations" = "usedGenerations" + $2, "updatedAt" = $3
-WHERE "id" = $1 AND "availableGenerations" - "usedGenerations" >= $2
-RETURNING CAST("availableGenerations" - "usedGenerations" AS BIGINT) AS "balance""#;
+/// How a movement changes the user row, and when it may: `{amount}` is the amount's
+/// parameter. A debit never takes the balance below zero; a credit never overflows.
+const DEBIT: Change = Change {
+    set: r#""usedGenerations" = "usedGenerations" + {amount}"#,
+    allowed: r#""availableGenerations" - "usedGenerations" >= {amount}"#,
+};
+const CREDIT: Change = Change {
+    set: r#""availableGenerations" = "availableGenerations" + {amount}"#,
+    allowed: r#""availableGenerations" <= 2147483647 - {amount}"#,
+};
 
-const CREDIT_USER: &str = r#"
-UPDATE "User" SET "availableGenerations" = "availableGenerations" + $2, "updatedAt" = $3
-WHERE "id" = $1 AND "availableGenerations" <= 2147483647 - $2
-RETURNING CAST("availableGenerations" - "usedGenerations" AS BIGINT) AS "balance""#;
+struct Change {
+    set: &'static str,
+    allowed: &'static str,
+}
+
+impl Change {
+    /// `UPDATE "User"` of the stepwise path: `$1` the user's id, `$2` the amount, `$3` now.
+    fn update_user(&self) -> String {
+        format!(
+            r#"
+UPDATE "User" SET {}, "updatedAt" = $3
+WHERE "id" = $1 AND {}
+RETURNING CAST("availableGenerations" - "usedGenerations" AS BIGINT) AS "balance""#,
+            self.set.replace("{amount}", "$2"),
+            self.allowed.replace("{amount}", "$2")
+        )
+    }
+
+    /// The whole movement as ONE statement, for PostgreSQL: one round trip. `$1` the Clerk
+    /// id, `$2` the idempotency key, `$3` the amount, `$4` now, `$5` the new ledger row's
+    /// id, `$6` its `tracking_id`, `$7` type, `$8` description, `$9` reason.
+    ///
+    /// `prior` (the key used before) is read with the statement's snapshot; a concurrent
+    /// request with the same key is caught by the unique `(userId, idempotencyKey)` index
+    /// instead, which fails this statement as a whole (nothing moves), and the caller runs
+    /// it again to find the first result. The `UPDATE` waits for concurrent movements of
+    /// this user and re-checks `allowed` on the newest row, so balances never race.
+    fn movement_postgres(&self) -> String {
+        format!(
+            r#"
+WITH usr AS (
+    SELECT "id" FROM "User" WHERE "clerkId" = $1
+),
+prior AS (
+    SELECT t."id", t."type", t."reason", t."amount", t."balanceAfter"
+    FROM "Transaction" t JOIN usr ON t."userId" = usr."id"
+    WHERE t."idempotencyKey" = $2
+),
+moved AS (
+    UPDATE "User" SET {}, "updatedAt" = $4
+    WHERE "id" = (SELECT "id" FROM usr) AND {}
+      AND NOT EXISTS (SELECT 1 FROM prior)
+    RETURNING "id", CAST("availableGenerations" - "usedGenerations" AS BIGINT) AS "balance"
+),
+ins AS (
+    INSERT INTO "Transaction"
+        ("id", "tracking_id", "userId", "status", "amount", "type", "description",
+         "reason", "idempotencyKey", "balanceAfter", "createdAt")
+    SELECT $5, $6, moved."id", 'completed', $3, $7, $8, $9, $2, moved."balance", $4
+    FROM moved
+    RETURNING "id", "balanceAfter"
+)
+SELECT EXISTS (SELECT 1 FROM usr),
+       ins."id", ins."balanceAfter",
+       prior."id", prior."type", prior."reason", prior."amount", prior."balanceAfter",
+       (SELECT CAST("availableGenerations" - "usedGenerations" AS BIGINT) FROM "User"
+         WHERE "id" = (SELECT "id" FROM usr))
+FROM (SELECT 1) AS one LEFT JOIN ins ON TRUE LEFT JOIN prior ON TRUE"#,
+            self.set.replace("{amount}", "$3"),
+            self.allowed.replace("{amount}", "$3")
+        )
+    }
+}
+
+static DEBIT_USER: LazyLock<String> = LazyLock::new(|| DEBIT.update_user());
+static CREDIT_USER: LazyLock<String> = LazyLock::new(|| CREDIT.update_user());
+static CONSUME_POSTGRES: LazyLock<String> = LazyLock::new(|| DEBIT.movement_postgres());
+static GRANT_POSTGRES: LazyLock<String> = LazyLock::new(|| CREDIT.movement_postgres());
+
+/// The unique index that makes an idempotency key single-use per user.
+const KEY_INDEX: &str = "Transaction_userId_idempotencyKey_key";
 
 const INSERT_MOVEMENT: &str = r#"
 INSERT INTO "Transaction"
@@ -180,12 +256,12 @@ VALUES ($1, $2, $3, 'completed', $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT ("userId", "idempotencyKey") DO NOTHING
 RETURNING "id""#;
 
-/// The statements a successful consume runs, in order: `FIND_USER` on the pool, then
-/// `DEBIT_USER` and `INSERT_MOVEMENT` between `BEGIN` and `COMMIT`. `clerk-sync bench
-/// --scenario consume --print-pgbench-script` turns them into the pgbench peer of
-/// `bench/compare`: keep this list in step with `resolve_user` and `apply_tx`.
-pub fn consume_statements() -> [&'static str; 3] {
-    [FIND_USER, DEBIT_USER, INSERT_MOVEMENT]
+/// The statements a consume runs on PostgreSQL, in order (one round trip each; today one
+/// statement, in autocommit). `clerk-sync bench --scenario consume
+/// --print-pgbench-script` turns them into the pgbench peer of `bench/compare`: keep this
+/// list in step with `apply_postgres`.
+pub fn consume_statements_postgres() -> [&'static str; 1] {
+    [CONSUME_POSTGRES.as_str()]
 }
 
 const FIND_MOVEMENT: &str = r#"
@@ -257,25 +333,82 @@ pub async fn resolve_user(
         .ok_or(CreditsError::UnknownUser)
 }
 
-/// Spend (`Reason::Consume`) or grant (any other reason) `amount` generations.
-#[instrument(skip_all, fields(reason = reason.as_str(), amount = amount.get()))]
-pub async fn apply(
+/// Spend (`Reason::Consume`) or grant (any other reason) `amount` generations of the
+/// user with this Clerk id. A user unknown here is first provisioned from Clerk's API when
+/// it is configured, as `resolve_user` does.
+#[instrument(skip_all, fields(clerk_user_id = %clerk_id, reason = movement.reason.as_str(), amount = movement.amount.get()))]
+pub async fn move_credits(
     store: &Store,
-    timeout: Duration,
-    user: &UserCredits,
-    reason: Reason,
-    amount: Amount,
-    key: &CallerKey,
-    reference: Option<&CallerKey>,
+    clerk: Option<&ClerkClient>,
+    settings: &SignupSettings,
+    clerk_id: &ClerkUserId,
+    movement: &MovementRequest<'_>,
 ) -> Result<Movement, CreditsError> {
-    tokio::time::timeout(
-        timeout,
-        apply_tx(store, user, reason, amount, key, reference),
-    )
-    .await
-    .map_err(|_| StoreError::Timeout(timeout))?
+    let timeout = settings.transaction_timeout;
+    match apply(store, timeout, clerk_id, movement).await {
+        Err(CreditsError::UnknownUser) if clerk.is_some() => {
+            resolve_user(store, clerk, settings, clerk_id).await?;
+            apply(store, timeout, clerk_id, movement).await
+        }
+        result => result,
+    }
 }
 
+/// What the caller asked to move.
+#[derive(Debug, Clone, Copy)]
+pub struct MovementRequest<'a> {
+    pub reason: Reason,
+    pub amount: Amount,
+    pub key: &'a CallerKey,
+    pub reference: Option<&'a CallerKey>,
+}
+
+impl MovementRequest<'_> {
+    fn tracking(&self) -> &str {
+        self.reference.unwrap_or(self.key).as_str()
+    }
+
+    fn description(&self) -> &'static str {
+        match self.reason {
+            Reason::Consume => "Generations spent",
+            _ => "Generations granted",
+        }
+    }
+}
+
+async fn apply(
+    store: &Store,
+    timeout: Duration,
+    clerk_id: &ClerkUserId,
+    movement: &MovementRequest<'_>,
+) -> Result<Movement, CreditsError> {
+    let run = async {
+        match store {
+            Store::Postgres(pg) => match apply_postgres(pg, clerk_id, movement).await {
+                // A concurrent request with the same key committed first: nothing moved
+                // here; run again to answer with its result.
+                Err(CreditsError::Store(StoreError::Constraint(v)))
+                    if v.kind == ConstraintKind::Unique
+                        && v.target.as_deref() == Some(KEY_INDEX) =>
+                {
+                    apply_postgres(pg, clerk_id, movement).await
+                }
+                result => result,
+            },
+            Store::Sqlite(_) => {
+                let user = find_user(store, clerk_id)
+                    .await?
+                    .ok_or(CreditsError::UnknownUser)?;
+                apply_stepwise(store, &user.id, movement).await
+            }
+        }
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| StoreError::Timeout(timeout))?
+}
+
+/// A ledger row written before with the same key: id, type, reason, amount, balanceAfter.
 type MovementRow = (
     String,
     Option<String>,
@@ -284,29 +417,65 @@ type MovementRow = (
     Option<i32>,
 );
 
-async fn apply_tx(
+type PgMovementRow = (
+    bool,
+    Option<String>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<i32>,
+    Option<i64>,
+);
+
+async fn apply_postgres(
+    pg: &PgStore,
+    clerk_id: &ClerkUserId,
+    m: &MovementRequest<'_>,
+) -> Result<Movement, CreditsError> {
+    let sql = if m.reason == Reason::Consume {
+        &CONSUME_POSTGRES
+    } else {
+        &GRANT_POSTGRES
+    };
+    let (known, id, after, p_id, p_kind, p_reason, p_amount, p_after, current): PgMovementRow =
+        sqlx::query_as(sql.as_str())
+            .bind(clerk_id.as_str())
+            .bind(m.key.as_str())
+            .bind(m.amount.get())
+            .bind(store::now())
+            .bind(new_id())
+            .bind(m.tracking())
+            .bind(m.reason.ledger_type())
+            .bind(m.description())
+            .bind(m.reason.as_str())
+            .persistent(pg.prepared)
+            .fetch_one(&pg.pool)
+            .await?;
+    if !known {
+        return Err(CreditsError::UnknownUser);
+    }
+    let earlier = p_id.map(|id| (id, p_kind, p_reason, p_amount, p_after));
+    decide(m, id.zip(after), earlier, current)
+}
+
+/// The same movement as `apply_postgres`, one statement at a time in a transaction.
+async fn apply_stepwise(
     store: &Store,
-    user: &UserCredits,
-    reason: Reason,
-    amount: Amount,
-    key: &CallerKey,
-    reference: Option<&CallerKey>,
+    user_id: &str,
+    m: &MovementRequest<'_>,
 ) -> Result<Movement, CreditsError> {
     let now = store::now();
-    let change = if reason == Reason::Consume {
-        DEBIT_USER
+    let change = if m.reason == Reason::Consume {
+        &DEBIT_USER
     } else {
-        CREDIT_USER
-    };
-    let tracking = reference.unwrap_or(key).as_str();
-    let description = match reason {
-        Reason::Consume => "Generations spent",
-        _ => "Generations granted",
+        &CREDIT_USER
     };
     with_tx!(store, |tx, p| {
-        let balance: Option<i64> = sqlx::query_scalar(change)
-            .bind(&user.id)
-            .bind(amount.get())
+        let balance: Option<i64> = sqlx::query_scalar(change.as_str())
+            .bind(user_id)
+            .bind(m.amount.get())
             .bind(now)
             .persistent(p)
             .fetch_optional(&mut *tx)
@@ -315,13 +484,13 @@ async fn apply_tx(
             Some(balance) => {
                 sqlx::query_scalar(INSERT_MOVEMENT)
                     .bind(new_id())
-                    .bind(tracking)
-                    .bind(&user.id)
-                    .bind(amount.get())
-                    .bind(reason.ledger_type())
-                    .bind(description)
-                    .bind(reason.as_str())
-                    .bind(key.as_str())
+                    .bind(m.tracking())
+                    .bind(user_id)
+                    .bind(m.amount.get())
+                    .bind(m.reason.ledger_type())
+                    .bind(m.description())
+                    .bind(m.reason.as_str())
+                    .bind(m.key.as_str())
                     .bind(balance as i32)
                     .bind(now)
                     .persistent(p)
@@ -332,50 +501,64 @@ async fn apply_tx(
         };
         if let (Some(id), Some(balance)) = (inserted, balance) {
             tx.commit().await?;
-            return Ok(Movement {
-                transaction_id: id,
-                kind: reason.ledger_type().to_owned(),
-                reason: reason.as_str().to_owned(),
-                amount: amount.get(),
-                balance_after: balance as i32,
-                replayed: false,
-            });
+            return decide(m, Some((id, balance as i32)), None, None);
         }
         // Nothing to commit: either the key was used before, or the user cannot move.
         let earlier: Option<MovementRow> = sqlx::query_as(FIND_MOVEMENT)
-            .bind(&user.id)
-            .bind(key.as_str())
+            .bind(user_id)
+            .bind(m.key.as_str())
             .persistent(p)
             .fetch_optional(&mut *tx)
             .await?;
         let current: Option<i64> = sqlx::query_scalar(BALANCE)
-            .bind(&user.id)
+            .bind(user_id)
             .persistent(p)
             .fetch_optional(&mut *tx)
             .await?;
         tx.rollback().await?;
-        match (earlier, current) {
-            (Some((id, kind, r, amt, after)), _) => {
-                if amt == Some(amount.get()) && r.as_deref() == Some(reason.as_str()) {
-                    Ok(Movement {
-                        transaction_id: id,
-                        kind: kind.unwrap_or_default(),
-                        reason: r.unwrap_or_default(),
-                        amount: amt.unwrap_or_default(),
-                        balance_after: after.unwrap_or_default(),
-                        replayed: true,
-                    })
-                } else {
-                    Err(CreditsError::IdempotencyConflict)
-                }
-            }
-            (None, None) => Err(CreditsError::UnknownUser),
-            (None, Some(balance)) if reason == Reason::Consume => {
-                Err(CreditsError::InsufficientCredits { balance })
-            }
-            (None, Some(_)) => Err(CreditsError::LimitExceeded),
-        }
+        decide(m, None, earlier, current)
     })
+}
+
+/// The answer to a movement: the row just written, else the first result of this key
+/// (or a conflict when it was used for a different request), else why nothing moved.
+fn decide(
+    m: &MovementRequest<'_>,
+    written: Option<(String, i32)>,
+    earlier: Option<MovementRow>,
+    current: Option<i64>,
+) -> Result<Movement, CreditsError> {
+    if let Some((id, balance_after)) = written {
+        return Ok(Movement {
+            transaction_id: id,
+            kind: m.reason.ledger_type().to_owned(),
+            reason: m.reason.as_str().to_owned(),
+            amount: m.amount.get(),
+            balance_after,
+            replayed: false,
+        });
+    }
+    match (earlier, current) {
+        (Some((id, kind, r, amt, after)), _) => {
+            if amt == Some(m.amount.get()) && r.as_deref() == Some(m.reason.as_str()) {
+                Ok(Movement {
+                    transaction_id: id,
+                    kind: kind.unwrap_or_default(),
+                    reason: r.unwrap_or_default(),
+                    amount: amt.unwrap_or_default(),
+                    balance_after: after.unwrap_or_default(),
+                    replayed: true,
+                })
+            } else {
+                Err(CreditsError::IdempotencyConflict)
+            }
+        }
+        (None, None) => Err(CreditsError::UnknownUser),
+        (None, Some(balance)) if m.reason == Reason::Consume => {
+            Err(CreditsError::InsufficientCredits { balance })
+        }
+        (None, Some(_)) => Err(CreditsError::LimitExceeded),
+    }
 }
 
 /// One page of a user's ledger, newest first, and the cursor of the next page.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::auth::Authenticated;
 use super::extract::ValidJson;
 use super::{ApiError, AppState, ErrorBody};
-use crate::credits::{self, Cursor, LedgerEntry, Movement, Reason, UserCredits};
+use crate::credits::{self, Cursor, LedgerEntry, Movement, MovementRequest, Reason, UserCredits};
 use crate::domain::{Amount, CallerKey, ClerkUserId};
 use utoipa::ToSchema;
 
@@ -90,16 +90,19 @@ async fn movement(
     reason: Reason,
     p: Parsed,
 ) -> Result<Json<Movement>, ApiError> {
-    let user = user(state, raw_id).await?;
-    let timeout = state.signup.transaction_timeout;
-    let m = credits::apply(
-        &state.store,
-        timeout,
-        &user,
+    let id = clerk_id(raw_id)?;
+    let request = MovementRequest {
         reason,
-        p.amount,
-        &p.key,
-        p.reference.as_ref(),
+        amount: p.amount,
+        key: &p.key,
+        reference: p.reference.as_ref(),
+    };
+    let m = credits::move_credits(
+        &state.store,
+        state.clerk.as_ref(),
+        &state.signup,
+        &id,
+        &request,
     )
     .await?;
     Ok(Json(m))

@@ -123,9 +123,8 @@ mod pgbench_script_runs_the_signup_statements {
 mod pgbench_script_runs_the_consume_statements {
     use super::*;
 
-    /// The consume script `bench/compare` gives pgbench runs under the real pgbench (it
-    /// passes ids and balances between statements with `\gset`): each transaction spends
-    /// one generation and writes its ledger row with the balance after.
+    /// The consume script `bench/compare` gives pgbench runs under the real pgbench: each
+    /// transaction spends one generation and writes its ledger row with the balance after.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
         let db = TestDb::new(Backend::Postgres).await;

@@ -216,6 +216,71 @@ async fn idempotent_replays_including_concurrent_ones(backend: Backend) {
     assert_ledger_adds_up(&app.store).await;
 }
 
+/// PostgreSQL only (SQLite admits one writer at a time): the consume statement reads the
+/// earlier use of a key with its snapshot, so a request with the same key that commits
+/// while it runs is caught by the unique index instead. Force that order with an open
+/// transaction holding the key: the service's statement waits on it, fails as a whole
+/// when it commits, runs again and answers with that first result; nothing is debited.
+mod a_key_committed_by_a_concurrent_request_is_replayed_not_spent_twice {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::a_key_committed_by_a_concurrent_request_is_replayed_not_spent_twice().await
+    }
+}
+
+async fn a_key_committed_by_a_concurrent_request_is_replayed_not_spent_twice() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = app_with_user(&db).await;
+    let user_id = users(&app.store).await.remove(0).id;
+    let clerk_sync::store::Store::Postgres(pg) = &app.store else {
+        unreachable!("a PostgreSQL test")
+    };
+    let mut first = pg.pool.begin().await.unwrap();
+    sqlx::query(
+        r#"INSERT INTO "Transaction"
+               ("id", "tracking_id", "userId", "status", "amount", "type", "reason",
+                "idempotencyKey", "balanceAfter", "createdAt")
+           VALUES ('txn_first', 'order-1', $1, 'completed', 3, 'debit', 'consume',
+                   'order-1', 17, LOCALTIMESTAMP)"#,
+    )
+    .bind(&user_id)
+    .execute(&mut *first)
+    .await
+    .unwrap();
+
+    let url = format!("{}/v1/users/{CLERK_ID}/credits/consume", app.address);
+    let send = tokio::spawn(
+        app.http
+            .post(&url)
+            .bearer_auth(API_KEY)
+            .json(&json!({"amount": 3, "idempotencyKey": "order-1"}))
+            .send(),
+    );
+    wait_for_lock_waiters(pg, 1).await;
+    first.commit().await.unwrap();
+
+    let (s, b) = status_json(send.await.unwrap().unwrap()).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (
+            b["transactionId"].as_str(),
+            b["replayed"].as_bool(),
+            b["balanceAfter"].as_i64()
+        ),
+        (Some("txn_first"), Some(true), Some(17))
+    );
+    assert_eq!(
+        users(&app.store).await[0].used,
+        0,
+        "the replay debited nothing"
+    );
+    assert_eq!(
+        ledger(&app.store).await.len(),
+        2,
+        "signup bonus + the first debit"
+    );
+}
+
 async fn grant_then_consume(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = app_with_user(&db).await;

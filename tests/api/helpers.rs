@@ -733,3 +733,21 @@ impl CuttableProxy {
         self.cut.cancel();
     }
 }
+
+/// Wait until `n` sessions on this database wait for a lock.
+pub async fn wait_for_lock_waiters(pg: &clerk_sync::store::PgStore, n: i64) {
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pg.pool)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{n} sessions never waited for a lock");
+}

@@ -257,24 +257,6 @@ async fn a_user_created_by_a_concurrent_statement_is_updated_not_inserted_again(
     assert_ledger_adds_up(&app.store).await;
 }
 
-/// Wait until `n` sessions on this database wait for a lock.
-async fn wait_for_lock_waiters(pg: &clerk_sync::store::PgStore, n: i64) {
-    for _ in 0..500 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pg.pool)
-        .await
-        .unwrap();
-        if waiting >= n {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("{n} sessions never waited for a lock");
-}
-
 async fn stale_update_after_a_newer_one_changes_nothing(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn(&db).await;
