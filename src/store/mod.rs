@@ -84,6 +84,9 @@ macro_rules! with_pool {
     };
 }
 
+/// A PostgreSQL connection idle this long is pinged before it is handed out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(10);
+
 impl Store {
     /// Build the pool. PostgreSQL connects lazily, so `serve` starts during an outage
     /// and `/readyz` reports it; SQLite creates its file (and directory) if missing.
@@ -96,9 +99,22 @@ impl Store {
             DatabaseUrl::Postgres {
                 options, pgbouncer, ..
             } => {
+                // sqlx pings every connection it hands out by default: one more round
+                // trip per request. Ping only one that sat idle long enough to have been
+                // dropped by the server or a pooler; one that breaks anyway fails its
+                // query as `Unavailable` (503, retried) and is discarded.
                 let pool = PgPoolOptions::new()
                     .max_connections(pool_max)
                     .acquire_timeout(acquire_timeout)
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_IF_IDLE_FOR {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_lazy_with(options.clone());
                 Ok(Self::Postgres(PgStore {
                     pool,
@@ -110,9 +126,11 @@ impl Store {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
                 }
+                // A local file: a connection cannot be dropped under us, so no ping.
                 let pool = SqlitePoolOptions::new()
                     .max_connections(pool_max)
                     .acquire_timeout(acquire_timeout)
+                    .test_before_acquire(false)
                     .connect_with(options.clone())
                     .await?;
                 Ok(Self::Sqlite(SqliteStore { pool }))
