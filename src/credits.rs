@@ -439,20 +439,24 @@ async fn apply_postgres(
     } else {
         &GRANT_POSTGRES
     };
-    let (known, id, after, p_id, p_kind, p_reason, p_amount, p_after, current): PgMovementRow =
+    let (now, row_id) = (store::now(), new_id());
+    let query = || {
         sqlx::query_as(sql.as_str())
             .bind(clerk_id.as_str())
             .bind(m.key.as_str())
             .bind(m.amount.get())
-            .bind(store::now())
-            .bind(new_id())
+            .bind(now)
+            .bind(&row_id)
             .bind(m.tracking())
             .bind(m.reason.ledger_type())
             .bind(m.description())
             .bind(m.reason.as_str())
             .persistent(pg.prepared)
-            .fetch_one(&pg.pool)
-            .await?;
+    };
+    // One statement, idempotent by its key: safe to run again on a new connection.
+    let row: PgMovementRow =
+        store::retry_lost_connection(&pg.pool, || query().fetch_one(&pg.pool)).await?;
+    let (known, id, after, p_id, p_kind, p_reason, p_amount, p_after, current) = row;
     if !known {
         return Err(CreditsError::UnknownUser);
     }

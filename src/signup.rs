@@ -469,33 +469,37 @@ async fn upsert_user_postgres(
         user_id: user_id.clone(),
     };
     let signup_key = format!("signup:{clerk_id}");
-    let query = sqlx::query_as(pg_signup())
-        .bind(new_id())
-        .bind(event.msg_id.as_str())
-        .bind(event.event_type)
-        .bind(event.payload.map(Json))
-        .bind(clerk_id)
-        .bind(profile.clerk_updated_at)
-        .bind(profile.email.as_str())
-        .bind(&profile.photo)
-        .bind(profile.first_name.as_deref())
-        .bind(profile.last_name.as_deref())
-        .bind(now)
-        .bind(&user_id)
-        .bind(settings.signup_credits)
-        .bind(new_id())
-        .bind(&signup_key)
-        .bind(new_id())
-        .bind(job.kind())
-        .bind(Json(&job))
-        .persistent(pg.prepared);
+    let (event_row_id, bonus_id, job_id) = (new_id(), new_id(), new_id());
+    let query = || {
+        sqlx::query_as(pg_signup())
+            .bind(&event_row_id)
+            .bind(event.msg_id.as_str())
+            .bind(event.event_type)
+            .bind(event.payload.map(Json))
+            .bind(clerk_id)
+            .bind(profile.clerk_updated_at)
+            .bind(profile.email.as_str())
+            .bind(&profile.photo)
+            .bind(profile.first_name.as_deref())
+            .bind(profile.last_name.as_deref())
+            .bind(now)
+            .bind(&user_id)
+            .bind(settings.signup_credits)
+            .bind(&bonus_id)
+            .bind(&signup_key)
+            .bind(&job_id)
+            .bind(job.kind())
+            .bind(Json(&job))
+            .persistent(pg.prepared)
+    };
     let row: Option<(String, Option<String>, bool)> = if settings.dry_run {
         let mut tx = pg.pool.begin().await?;
-        let row = query.fetch_optional(&mut *tx).await?;
+        let row = query().fetch_optional(&mut *tx).await?;
         tx.rollback().await?;
         row
     } else {
-        query.fetch_optional(&pg.pool).await?
+        // One statement, idempotent by `svix-id`: safe to run again on a new connection.
+        store::retry_lost_connection(&pg.pool, || query().fetch_optional(&pg.pool)).await?
     };
     let Some((status, reason, created)) = row else {
         return Ok(UpsertResult::Done(Outcome::Duplicate));

@@ -83,6 +83,24 @@ fn pg_code_is_transient(code: &str) -> bool {
         )
 }
 
+/// Whether a PostgreSQL query failed because its connection was gone: the server
+/// restarted or failed over, or a pooler or the network dropped the connection while it
+/// sat idle in our pool (connections are pinged only after 10 s idle). Nothing ran, or
+/// the statement ran whole; either way the same statement may run again on a new
+/// connection when it is idempotent.
+pub fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some_and(|pg| {
+                let code = pg.code();
+                code.starts_with("08") || matches!(code, "57P01" | "57P02")
+            }),
+        _ => false,
+    }
+}
+
 /// SQLite primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6); extended codes
 /// keep the primary code in the low byte.
 fn sqlite_code_is_transient(code: &str) -> bool {

@@ -12,7 +12,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
-pub use error::{ConstraintKind, ConstraintViolation, StoreError};
+pub use error::{connection_lost, ConstraintKind, ConstraintViolation, StoreError};
 
 use crate::config::{DatabaseSettings, DatabaseUrl};
 
@@ -82,6 +82,30 @@ macro_rules! with_pool {
             }
         }
     };
+}
+
+/// Run `attempt`, one idempotent statement on `pool`, again while it fails because its
+/// connection was gone ([`connection_lost`]): after a restart every idle connection in
+/// the pool may be dead, and each failure discards one, so at most one retry per
+/// connection the pool can hold. Had an attempt committed, the next one finds its result.
+pub async fn retry_lost_connection<T, F, Fut>(
+    pool: &PgPool,
+    mut attempt: F,
+) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut retries = pool.options().get_max_connections();
+    loop {
+        match attempt().await {
+            Err(e) if retries > 0 && connection_lost(&e) => {
+                retries -= 1;
+                tracing::warn!(error.message = %e, "connection lost; running the statement again");
+            }
+            result => return result,
+        }
+    }
 }
 
 /// A PostgreSQL connection idle this long is pinged before it is handed out.

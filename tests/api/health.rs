@@ -171,3 +171,66 @@ async fn openapi_document_matches_the_served_routes(backend: Backend) {
         "bearer"
     );
 }
+
+/// PostgreSQL only: the server ends every connection the service holds (what a restart,
+/// a failover or a pooler recycling idle connections does). Idle connections are not
+/// pinged within 10 s of use, so the next statements meet dead connections; each one
+/// runs again on a fresh connection, and no caller sees an error.
+mod connections_ended_by_the_server_are_replaced_without_an_error {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::connections_ended_by_the_server_are_replaced_without_an_error().await
+    }
+}
+
+async fn connections_ended_by_the_server_are_replaced_without_an_error() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(&db).await;
+    let signup = |i: usize| {
+        let mut event = fixture_json("clerk-user-created.json");
+        event["data"]["id"] = serde_json::json!(format!("user_ended{i}"));
+        event["data"]["email_addresses"][0]["email_address"] =
+            serde_json::json!(format!("ended{i}@example.org"));
+        app.signed_request(
+            &format!("msg_ended{i}"),
+            &serde_json::to_vec(&event).unwrap(),
+        )
+        .send()
+    };
+    // Fill the pool with idle connections.
+    let warm: Vec<_> = (0..5).map(|i| tokio::spawn(signup(i))).collect();
+    for w in warm {
+        assert_eq!(w.await.unwrap().unwrap().status(), 200);
+    }
+
+    let ended: i64 = {
+        let admin = db.store().await;
+        let clerk_sync::store::Store::Postgres(pg) = &admin else {
+            unreachable!("a PostgreSQL test")
+        };
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+        )
+        .fetch_one(&pg.pool)
+        .await
+        .unwrap()
+    };
+    assert!(ended >= 1, "the service held no connection");
+
+    for i in 5..10 {
+        let (s, b) = status_json(signup(i).await.unwrap()).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["action"], "created");
+    }
+    let (s, b) = app
+        .api(
+            reqwest::Method::POST,
+            "/v1/users/user_ended0/credits/consume",
+            Some(serde_json::json!({"amount": 1, "idempotencyKey": "after-restart"})),
+        )
+        .await;
+    assert_eq!((s, b["balanceAfter"].as_i64()), (200, Some(19)), "{b}");
+    assert_eq!(users(&app.store).await.len(), 10);
+    assert_ledger_adds_up(&app.store).await;
+}
