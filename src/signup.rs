@@ -88,30 +88,45 @@ const STATUS_PROCESSED: &str = "processed";
 const STATUS_IGNORED: &str = "ignored";
 const STATUS_FAILED: &str = "failed";
 
-const INSERT_EVENT: &str = r#"
+/// The event-id rule, shared by every path that records an event: a repeated `svix-id`
+/// changes nothing and returns no row, unless the earlier attempt was recorded `failed`,
+/// which a redelivery claims again.
+const EVENT_ID_CONFLICT: &str = r#"ON CONFLICT ("eventId") DO UPDATE SET
+    "eventType" = excluded."eventType", "processed" = excluded."processed",
+    "processedAt" = excluded."processedAt", "status" = excluded."status",
+    "error" = excluded."error", "payload" = excluded."payload", "clerkId" = excluded."clerkId"
+WHERE "WebhookEvent"."status" = 'failed'"#;
+
+static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
 INSERT INTO "WebhookEvent"
     ("id", "eventId", "eventType", "processed", "processedAt", "createdAt", "status", "error",
      "payload", "clerkId")
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT ("eventId") DO UPDATE SET
-    "eventType" = excluded."eventType", "processed" = excluded."processed",
-    "processedAt" = excluded."processedAt", "status" = excluded."status",
-    "error" = excluded."error", "payload" = excluded."payload", "clerkId" = excluded."clerkId"
-WHERE "WebhookEvent"."status" = 'failed'
-RETURNING "id""#;
+{EVENT_ID_CONFLICT}
+RETURNING "id""#
+    )
+});
 
 const MARK_EVENT_IGNORED: &str = r#"
 UPDATE "WebhookEvent" SET "status" = 'ignored', "error" = $2 WHERE "id" = $1"#;
 
-/// Applies only when the event is newer than what was applied and the user is not
-/// deleted; returns no row otherwise.
-const CLAIM_USER_SYNC: &str = r#"
+/// The per-user rule: an event applies only when it is newer than what was applied and
+/// the user is not deleted; the claim returns no row otherwise.
+const USER_SYNC_CONFLICT: &str = r#"ON CONFLICT ("clerkId") DO UPDATE SET "clerkUpdatedAt" = excluded."clerkUpdatedAt"
+WHERE "ClerkUserSync"."clerkUpdatedAt" < excluded."clerkUpdatedAt"
+  AND "ClerkUserSync"."deletedAt" IS NULL"#;
+
+static CLAIM_USER_SYNC: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r#"
 INSERT INTO "ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
 VALUES ($1, $2, NULL)
-ON CONFLICT ("clerkId") DO UPDATE SET "clerkUpdatedAt" = excluded."clerkUpdatedAt"
-WHERE "ClerkUserSync"."clerkUpdatedAt" < excluded."clerkUpdatedAt"
-  AND "ClerkUserSync"."deletedAt" IS NULL
-RETURNING "clerkId""#;
+{USER_SYNC_CONFLICT}
+RETURNING "clerkId""#
+    )
+});
 
 const USER_IS_DELETED: &str = r#"
 SELECT "deletedAt" IS NOT NULL FROM "ClerkUserSync" WHERE "clerkId" = $1"#;
@@ -391,9 +406,7 @@ sync AS (
     SELECT $5, $6, NULL
     WHERE NOT EXISTS (SELECT 1 FROM prior WHERE "status" <> 'failed')
       AND NOT (SELECT "yes" FROM taken)
-    ON CONFLICT ("clerkId") DO UPDATE SET "clerkUpdatedAt" = excluded."clerkUpdatedAt"
-    WHERE "ClerkUserSync"."clerkUpdatedAt" < excluded."clerkUpdatedAt"
-      AND "ClerkUserSync"."deletedAt" IS NULL
+    {USER_SYNC_CONFLICT}
     RETURNING "clerkId"
 ),
 verdict AS (
@@ -414,11 +427,7 @@ ev AS (
     SELECT $1, $2, $3, v."status" <> 'failed',
            CASE WHEN v."status" <> 'failed' THEN $11 END, $11, v."status", v."error", $4, $5
     FROM verdict v
-    ON CONFLICT ("eventId") DO UPDATE SET
-        "eventType" = excluded."eventType", "processed" = excluded."processed",
-        "processedAt" = excluded."processedAt", "status" = excluded."status",
-        "error" = excluded."error", "payload" = excluded."payload", "clerkId" = excluded."clerkId"
-    WHERE "WebhookEvent"."status" = 'failed'
+    {EVENT_ID_CONFLICT}
     RETURNING "status", "error"
 ),
 usr AS (
@@ -559,7 +568,7 @@ async fn upsert_user_stepwise(
         let mut event_row_id = None;
         if let Some(event) = event {
             let inserted: Option<String> = bind_event!(
-                sqlx::query_scalar(INSERT_EVENT),
+                sqlx::query_scalar(INSERT_EVENT.as_str()),
                 event,
                 STATUS_PROCESSED,
                 None,
@@ -584,7 +593,7 @@ async fn upsert_user_stepwise(
             return Ok(UpsertResult::Refused(EMAIL_TAKEN.to_owned()));
         }
 
-        let fresh: Option<String> = sqlx::query_scalar(CLAIM_USER_SYNC)
+        let fresh: Option<String> = sqlx::query_scalar(CLAIM_USER_SYNC.as_str())
             .bind(clerk_id)
             .bind(profile.clerk_updated_at)
             .persistent(p)
@@ -705,7 +714,7 @@ async fn delete_user(
     let now = store::now();
     with_tx!(store, |tx, p| {
         let inserted: Option<String> = bind_event!(
-            sqlx::query_scalar(INSERT_EVENT),
+            sqlx::query_scalar(INSERT_EVENT.as_str()),
             event,
             STATUS_PROCESSED,
             None,
@@ -760,7 +769,7 @@ async fn record_only(
     }
     let inserted: Option<String> = crate::with_pool!(store, |pool, p| {
         bind_event!(
-            sqlx::query_scalar(INSERT_EVENT),
+            sqlx::query_scalar(INSERT_EVENT.as_str()),
             event,
             status,
             Some(reason.as_str()),
