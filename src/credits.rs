@@ -453,16 +453,33 @@ async fn apply_postgres(
             .bind(m.reason.as_str())
             .persistent(pg.prepared)
     };
-    // One statement, idempotent by its key: safe to run again on a new connection.
-    let row: PgMovementRow =
-        store::retry_lost_connection(&pg.pool, || query().fetch_one(&pg.pool)).await?;
-    let (known, id, after, p_id, p_kind, p_reason, p_amount, p_after, current) = row;
-    if !known {
-        return Err(CreditsError::UnknownUser);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        // One statement, idempotent by its key: safe to run again on a new connection.
+        let row: PgMovementRow =
+            store::retry_lost_connection(&pg.pool, || query().fetch_one(&pg.pool)).await?;
+        let (known, id, after, p_id, p_kind, p_reason, p_amount, p_after, current) = row;
+        if !known {
+            return Err(CreditsError::UnknownUser);
+        }
+        // A consume refused although the statement's snapshot showed enough: a concurrent one
+        // committed first, and `current` (read with that snapshot) is stale. Run again on
+        // a new snapshot, to move or to answer with the balance as it is now.
+        let raced = m.reason == Reason::Consume
+            && id.is_none()
+            && p_id.is_none()
+            && current.is_some_and(|balance| balance >= i64::from(m.amount.get()));
+        if raced && attempts < MAX_RACED_ATTEMPTS {
+            continue;
+        }
+        let earlier = p_id.map(|id| (id, p_kind, p_reason, p_amount, p_after));
+        return decide(m, id.zip(after), earlier, current);
     }
-    let earlier = p_id.map(|id| (id, p_kind, p_reason, p_amount, p_after));
-    decide(m, id.zip(after), earlier, current)
 }
+
+/// How often a movement refused by a concurrent one runs again before answering.
+const MAX_RACED_ATTEMPTS: u32 = 5;
 
 /// The same movement as `apply_postgres`, one statement at a time in a transaction.
 async fn apply_stepwise(
