@@ -14,7 +14,7 @@ use crate::http::metrics::Metrics;
 use crate::http::{router, system_clock, AppState, Clock};
 use crate::outbox::worker::{self, WorkerSettings};
 use crate::outbox::ClerkClient;
-use crate::signup::SignupSettings;
+use crate::signup::{SignupQueue, SignupSettings};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -87,17 +87,26 @@ impl Application {
         if config.api_keys.is_empty() {
             warn!("CLERK_SYNC_API_KEYS is not set: the /v1 credits API refuses every request");
         }
+        let signup = SignupSettings {
+            signup_credits: config.signup_credits,
+            transaction_timeout: config.database.transaction_timeout,
+            dry_run: false,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let signup_queue = match &store {
+            Store::Postgres(pg) => {
+                Some(SignupQueue::new(pg, &signup, metrics.signup_queue.clone()))
+            }
+            Store::Sqlite(_) => None,
+        };
         let state = AppState {
             store,
             webhook_secrets: config.webhook_secrets.clone().into(),
-            signup: SignupSettings {
-                signup_credits: config.signup_credits,
-                transaction_timeout: config.database.transaction_timeout,
-                dry_run: false,
-            },
+            signup,
+            signup_queue,
             outbox_wake: Arc::new(Notify::new()),
             clock: system_clock(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             api_keys: ApiKeys::new(&config.api_keys),
             clerk: worker.as_ref().map(|(client, _)| client.clone()),
         };

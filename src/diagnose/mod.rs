@@ -762,7 +762,7 @@ async fn signup_transaction(store: &Store) -> StepResult {
         transaction_timeout: Duration::from_secs(10),
         dry_run: true,
     };
-    match signup::handle(store, &settings, &hook).await {
+    match signup::handle(store, &settings, None, &hook).await {
         Ok(Outcome::Processed(_)) => {
             pass("event, user, ledger row and outbox job inserted in one transaction (rolled back)")
         }

@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use super::AppState;
+use crate::signup::QueueMetrics;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -24,6 +25,8 @@ pub struct Metrics {
     pub webhook_errors: Family<OutcomeLabel, Counter>,
     /// Outbox deliveries by outcome: done, retried, dead.
     pub outbox_jobs: Family<OutcomeLabel, Counter>,
+    /// The PostgreSQL signup queue: webhooks waiting, webhooks per statement.
+    pub signup_queue: QueueMetrics,
 }
 
 impl Default for Metrics {
@@ -47,11 +50,23 @@ impl Default for Metrics {
             "Outbox delivery attempts by outcome",
             outbox_jobs.clone(),
         );
+        let signup_queue = QueueMetrics::default();
+        registry.register(
+            "signup_queue_waiting",
+            "Signup webhooks waiting for a database statement (PostgreSQL)",
+            signup_queue.waiting.clone(),
+        );
+        registry.register(
+            "signup_batch_size",
+            "Signup webhooks per database statement (PostgreSQL)",
+            signup_queue.batch_size.clone(),
+        );
         Self {
             registry,
             webhook_events,
             webhook_errors,
             outbox_jobs,
+            signup_queue,
         }
     }
 }

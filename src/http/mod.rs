@@ -23,7 +23,7 @@ use tracing::Level;
 pub use error::ApiError;
 pub use webhooks::MAX_BODY_BYTES;
 
-use crate::signup::SignupSettings;
+use crate::signup::{SignupQueue, SignupSettings};
 use crate::store::Store;
 use crate::webhooks::WebhookSecret;
 
@@ -32,6 +32,8 @@ pub struct AppState {
     pub store: Store,
     pub webhook_secrets: Arc<[WebhookSecret]>,
     pub signup: SignupSettings,
+    /// Groups concurrent webhooks into one statement (PostgreSQL only).
+    pub signup_queue: Option<SignupQueue>,
     /// Wakes the outbox worker after a commit that queued a job.
     pub outbox_wake: Arc<Notify>,
     /// Unix seconds for the signature's timestamp check; fixed in tests of the ±5 minute rule.

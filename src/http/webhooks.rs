@@ -85,7 +85,13 @@ async fn handle(
         }
     })?;
     let hook = signature.verify(&state.webhook_secrets, bytes, (state.clock)())?;
-    let outcome = signup::handle(&state.store, &state.signup, &hook).await?;
+    let outcome = signup::handle(
+        &state.store,
+        &state.signup,
+        state.signup_queue.as_ref(),
+        &hook,
+    )
+    .await?;
     Metrics::count(&state.metrics.webhook_events, outcome.status());
     if matches!(outcome, Outcome::Processed(signup::Action::Created)) {
         state.outbox_wake.notify_one();

@@ -735,6 +735,25 @@ impl CuttableProxy {
 }
 
 /// Wait until `n` sessions on this database wait for a lock.
+/// The value of an unlabelled metric on `/metrics`.
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+/// Wait until an unlabelled metric reaches `value`.
+pub async fn wait_for_metric(app: &TestApp, name: &str, value: f64) {
+    for _ in 0..500 {
+        if metric(app, name).await >= value {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{name} never reached {value}");
+}
+
 pub async fn wait_for_lock_waiters(pg: &clerk_sync::store::PgStore, n: i64) {
     for _ in 0..500 {
         let waiting: i64 = sqlx::query_scalar(

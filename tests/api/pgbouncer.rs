@@ -35,7 +35,9 @@ async fn prepared_statements_after_a_signup(url: &str, msg_id: &str) -> i64 {
         transaction_timeout: Duration::from_secs(5),
         dry_run: false,
     };
-    let outcome = signup::handle(&store, &settings, &hook).await.unwrap();
+    let outcome = signup::handle(&store, &settings, None, &hook)
+        .await
+        .unwrap();
     assert!(
         matches!(outcome, Outcome::Processed(_) | Outcome::Ignored(_)),
         "{outcome:?}"

@@ -212,9 +212,13 @@ mod a_user_created_by_a_concurrent_statement_is_updated_not_inserted_again {
 /// per-user row claimed, its event key blocked by an open transaction of ours), then waits
 /// for it. When the create commits, the update must find that user through the unique
 /// index and update it, not insert a second one (a 23505 and a 500).
+///
+/// Within one replica the events of one user queue in one lane and never overlap; two
+/// replicas on one database are where they do, so the update goes to a second replica.
 async fn a_user_created_by_a_concurrent_statement_is_updated_not_inserted_again() {
     let db = TestDb::new(Backend::Postgres).await;
     let app = TestApp::spawn(&db).await;
+    let replica = TestApp::spawn(&db).await;
     let created = fixture("clerk-user-created.json");
     let mut updated: Value = fixture_json("clerk-user-created.json");
     updated["type"] = json!("user.updated");
@@ -236,7 +240,7 @@ async fn a_user_created_by_a_concurrent_statement_is_updated_not_inserted_again(
 
     let create = tokio::spawn(app.signed_request("msg_created", &created).send());
     wait_for_lock_waiters(pg, 1).await;
-    let update = tokio::spawn(app.signed_request("msg_updated", &updated).send());
+    let update = tokio::spawn(replica.signed_request("msg_updated", &updated).send());
     wait_for_lock_waiters(pg, 2).await;
     blocker.rollback().await.unwrap();
 
@@ -254,6 +258,110 @@ async fn a_user_created_by_a_concurrent_statement_is_updated_not_inserted_again(
     assert_eq!(users[0].available, 20);
     assert_eq!(ledger(&app.store).await.len(), 1);
     assert_eq!(jobs(&app.store).await.len(), 1);
+    assert_ledger_adds_up(&app.store).await;
+}
+
+/// PostgreSQL only: SQLite applies each webhook in its own transaction; there is no queue.
+mod a_refused_batch_is_applied_one_webhook_at_a_time {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::a_refused_batch_is_applied_one_webhook_at_a_time().await
+    }
+}
+
+/// A `user.created` for `user_{name}` with the address `{name}@example.org`.
+fn created_for(name: &str) -> Vec<u8> {
+    let mut event: Value = fixture_json("clerk-user-created.json");
+    event["data"]["id"] = json!(format!("user_{name}"));
+    event["data"]["email_addresses"][0]["email_address"] = json!(format!("{name}@example.org"));
+    serde_json::to_vec(&event).unwrap()
+}
+
+/// Webhooks that arrive while a signup statement runs wait, then go to the database in
+/// one statement. When one of them breaks a constraint the statement writes nothing; each
+/// webhook is then applied alone, so the others land and only that one fails (500, event
+/// recorded `failed`, Svix retries it).
+async fn a_refused_batch_is_applied_one_webhook_at_a_time() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let app = TestApp::spawn(&db).await;
+    let clerk_sync::store::Store::Postgres(pg) = &app.store else {
+        unreachable!("a PostgreSQL test")
+    };
+    sqlx::query(
+        r#"ALTER TABLE "User" ADD CONSTRAINT "refuse_one_address"
+           CHECK ("email" <> 'refused@example.org')"#,
+    )
+    .execute(&pg.pool)
+    .await
+    .unwrap();
+
+    // Hold the first webhook's statement on a lock, so that the next three queue.
+    let mut blocker = pg.pool.begin().await.unwrap();
+    sqlx::query(
+        r#"INSERT INTO "WebhookEvent" ("id", "eventId", "eventType", "processed", "createdAt", "status")
+           VALUES ('blocker', 'msg_first', 'user.created', false, LOCALTIMESTAMP, 'failed')"#,
+    )
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let first = tokio::spawn(
+        app.signed_request("msg_first", &created_for("first"))
+            .send(),
+    );
+    wait_for_lock_waiters(pg, 1).await;
+    let queued: Vec<_> = ["good1", "refused", "good2"]
+        .into_iter()
+        .map(|name| {
+            let send = app.signed_request(&format!("msg_{name}"), &created_for(name));
+            (name, tokio::spawn(send.send()))
+        })
+        .collect();
+    wait_for_metric(&app, "clerk_sync_signup_queue_waiting", 3.0).await;
+    blocker.rollback().await.unwrap();
+
+    let created = json!({"status": "processed", "action": "created"});
+    assert_eq!(
+        status_json(first.await.unwrap().unwrap()).await,
+        (200, created.clone())
+    );
+    for (name, send) in queued {
+        let (status, body) = status_json(send.await.unwrap().unwrap()).await;
+        if name == "refused" {
+            assert_eq!(status, 500, "{body}");
+            assert_eq!(body["error"], "constraint_violation", "{body}");
+        } else {
+            assert_eq!((status, body), (200, created.clone()), "{name}");
+        }
+    }
+    // One statement for the first webhook, one for the three that waited.
+    assert_eq!(
+        metric(&app, "clerk_sync_signup_batch_size_count").await,
+        2.0
+    );
+    assert_eq!(metric(&app, "clerk_sync_signup_batch_size_sum").await, 4.0);
+
+    let mut clerk_ids: Vec<_> = users(&app.store)
+        .await
+        .into_iter()
+        .map(|u| u.clerk_id)
+        .collect();
+    clerk_ids.sort();
+    assert_eq!(clerk_ids, ["user_first", "user_good1", "user_good2"]);
+    assert_eq!(ledger(&app.store).await.len(), 3);
+    assert_eq!(jobs(&app.store).await.len(), 3);
+    let refused = events(&app.store)
+        .await
+        .into_iter()
+        .find(|e| e.event_id == "msg_refused")
+        .expect("the refused event is recorded");
+    assert_eq!(refused.status.as_deref(), Some("failed"));
+    assert!(
+        refused
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("check constraint")),
+        "{refused:?}"
+    );
     assert_ledger_adds_up(&app.store).await;
 }
 
