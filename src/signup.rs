@@ -679,8 +679,10 @@ struct QueueState {
 #[derive(Debug)]
 struct Waiting {
     row: SignupRow,
-    reply: oneshot::Sender<Result<Option<Applied>, StoreError>>,
+    reply: Reply,
 }
+
+type Reply = oneshot::Sender<Result<Option<Applied>, StoreError>>;
 
 impl SignupQueue {
     pub fn new(pg: &PgStore, settings: &SignupSettings, metrics: QueueMetrics) -> Self {
@@ -741,27 +743,38 @@ impl SignupQueue {
             self.metrics.batch_size.observe(batch.len() as f64);
             let (rows, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|w| (w.row, w.reply)).unzip();
-            for (reply, result) in replies.into_iter().zip(self.run_batch(&rows).await) {
-                // The caller may have stopped waiting; its webhook was applied regardless.
-                let _ = reply.send(result);
-            }
+            self.run_batch(&rows, replies).await;
         }
     }
 
-    async fn run_batch(&self, rows: &[SignupRow]) -> Vec<Result<Option<Applied>, StoreError>> {
-        match run_pg_signup(&self.pg, self.signup_credits, false, rows).await {
-            Ok(applied) => applied.into_iter().map(Ok).collect(),
-            Err(e) if rows.len() == 1 => vec![Err(e.into())],
+    /// Apply `rows` in one statement and answer each caller. A statement the database
+    /// refuses is applied again one webhook at a time, skipping callers that stopped
+    /// waiting: during an outage every attempt waits out the pool's timeout, and the
+    /// queue must not spend that on answers nobody reads.
+    async fn run_batch(&self, rows: &[SignupRow], replies: Vec<Reply>) {
+        let applied = run_pg_signup(&self.pg, self.signup_credits, false, rows).await;
+        match applied {
+            Ok(applied) => {
+                for (reply, applied) in replies.into_iter().zip(applied) {
+                    // The caller may have stopped waiting; its webhook was applied anyway.
+                    let _ = reply.send(Ok(applied));
+                }
+            }
+            Err(e) if rows.len() == 1 => {
+                let reply = replies.into_iter().next().expect("one reply per row");
+                let _ = reply.send(Err(e.into()));
+            }
             Err(e) => {
                 warn!(webhooks = rows.len(), error.message = %e,
                     "signup batch refused; applying its webhooks one at a time");
-                let mut results = Vec::with_capacity(rows.len());
-                for row in rows {
+                for (row, reply) in rows.iter().zip(replies) {
+                    if reply.is_closed() {
+                        continue;
+                    }
                     let alone = std::slice::from_ref(row);
                     let result = run_pg_signup(&self.pg, self.signup_credits, false, alone).await;
-                    results.push(result.map(|mut a| a.pop().flatten()).map_err(Into::into));
+                    let _ = reply.send(result.map(|mut a| a.pop().flatten()).map_err(Into::into));
                 }
-                results
             }
         }
     }
