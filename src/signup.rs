@@ -554,6 +554,10 @@ impl SignupRow {
         }
     }
 
+    fn payload_bytes(&self) -> usize {
+        self.payload.as_ref().map_or(0, String::len)
+    }
+
     /// Whether two webhooks must go to the database in different statements.
     fn conflicts_with(&self, other: &Self) -> bool {
         self.clerk_id == other.clerk_id || self.msg_id == other.msg_id || self.email == other.email
@@ -780,17 +784,26 @@ impl SignupQueue {
     }
 }
 
-/// The next batch: waiting webhooks in arrival order, up to [`MAX_BATCH`], none in
-/// conflict with an earlier one (those wait for a later batch). Webhooks whose caller
-/// stopped waiting are dropped.
+/// The payload bytes past which a batch takes no more webhooks (its first always goes):
+/// a signed body may be 256 KiB, and 64 of them in one message would be 16 MiB.
+const MAX_BATCH_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// The next batch: waiting webhooks in arrival order, up to [`MAX_BATCH`] and
+/// [`MAX_BATCH_PAYLOAD_BYTES`], none in conflict with an earlier one (those wait for a
+/// later batch, in order). Webhooks whose caller stopped waiting are dropped.
 fn take_batch(waiting: &mut Vec<Waiting>) -> Vec<Waiting> {
     let mut batch: Vec<Waiting> = Vec::new();
+    let mut bytes = 0;
     let mut later = Vec::new();
     for w in waiting.drain(..) {
         if w.reply.is_closed() {
             continue;
         }
-        if batch.len() < MAX_BATCH && !batch.iter().any(|b| b.row.conflicts_with(&w.row)) {
+        let fits = batch.is_empty()
+            || (batch.len() < MAX_BATCH
+                && bytes + w.row.payload_bytes() <= MAX_BATCH_PAYLOAD_BYTES);
+        if fits && !batch.iter().any(|b| b.row.conflicts_with(&w.row)) {
+            bytes += w.row.payload_bytes();
             batch.push(w);
         } else {
             later.push(w);
@@ -1099,5 +1112,109 @@ async fn record_only(
     } else {
         info!(reason = %reason, "webhook event ignored");
         Ok(Outcome::Ignored(reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(clerk_id: &str, msg_id: &str, email: &str, payload_bytes: usize) -> SignupRow {
+        SignupRow {
+            event_row_id: new_id(),
+            msg_id: msg_id.into(),
+            event_type: "user.created".into(),
+            payload: Some("x".repeat(payload_bytes)),
+            clerk_id: clerk_id.into(),
+            clerk_updated_at: 1,
+            email: email.into(),
+            photo: String::new(),
+            first_name: None,
+            last_name: None,
+            user_id: new_id(),
+            bonus_id: new_id(),
+            signup_key: format!("signup:{clerk_id}"),
+            job_id: new_id(),
+            job_kind: "update_clerk_metadata",
+            job_payload: "{}".into(),
+        }
+    }
+
+    type Answer = oneshot::Receiver<Result<Option<Applied>, StoreError>>;
+
+    /// Queue `rows`; the receivers must live for their webhooks to count as waited for.
+    fn queue(rows: Vec<SignupRow>) -> (Vec<Waiting>, Vec<Answer>) {
+        rows.into_iter()
+            .map(|row| {
+                let (reply, answer) = oneshot::channel();
+                (Waiting { row, reply }, answer)
+            })
+            .unzip()
+    }
+
+    fn msg_ids(batch: &[Waiting]) -> Vec<&str> {
+        batch.iter().map(|w| w.row.msg_id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_batch_never_holds_one_user_message_or_address_twice_and_keeps_order() {
+        let (mut waiting, _answers) = queue(vec![
+            row("user_a", "msg_1", "a@example.org", 10),
+            row("user_a", "msg_2", "a@example.org", 10), // same user: later
+            row("user_b", "msg_1", "b@example.org", 10), // same svix-id: later
+            row("user_c", "msg_3", "a@example.org", 10), // same address: later
+            row("user_d", "msg_4", "d@example.org", 10),
+            row("user_a", "msg_5", "a2@example.org", 10), // same user: later
+        ]);
+        let first = take_batch(&mut waiting);
+        assert_eq!(msg_ids(&first), ["msg_1", "msg_4"]);
+        assert_eq!(msg_ids(&waiting), ["msg_2", "msg_1", "msg_3", "msg_5"]);
+        let second = take_batch(&mut waiting);
+        assert_eq!(msg_ids(&second), ["msg_2", "msg_1"]);
+        assert_eq!(msg_ids(&waiting), ["msg_3", "msg_5"]);
+    }
+
+    #[test]
+    fn a_batch_stops_at_its_count_and_payload_limits_but_always_takes_one() {
+        let rows = (0..MAX_BATCH + 3)
+            .map(|i| {
+                row(
+                    &format!("user_{i}"),
+                    &format!("msg_{i}"),
+                    &format!("{i}@example.org"),
+                    1,
+                )
+            })
+            .collect();
+        let (mut waiting, _answers) = queue(rows);
+        assert_eq!(take_batch(&mut waiting).len(), MAX_BATCH);
+        assert_eq!(waiting.len(), 3);
+
+        let big = MAX_BATCH_PAYLOAD_BYTES / 2 + 1;
+        let (mut waiting, _answers) = queue(vec![
+            row(
+                "user_a",
+                "msg_a",
+                "a@example.org",
+                MAX_BATCH_PAYLOAD_BYTES * 2,
+            ),
+            row("user_b", "msg_b", "b@example.org", big),
+            row("user_c", "msg_c", "c@example.org", big),
+        ]);
+        assert_eq!(msg_ids(&take_batch(&mut waiting)), ["msg_a"]);
+        assert_eq!(msg_ids(&take_batch(&mut waiting)), ["msg_b"]);
+        assert_eq!(msg_ids(&take_batch(&mut waiting)), ["msg_c"]);
+        assert!(take_batch(&mut waiting).is_empty());
+    }
+
+    #[test]
+    fn webhooks_whose_caller_stopped_waiting_are_dropped() {
+        let (mut waiting, mut answers) = queue(vec![
+            row("user_a", "msg_a", "a@example.org", 1),
+            row("user_b", "msg_b", "b@example.org", 1),
+        ]);
+        drop(answers.remove(0));
+        assert_eq!(msg_ids(&take_batch(&mut waiting)), ["msg_b"]);
+        assert!(waiting.is_empty());
     }
 }
