@@ -735,6 +735,24 @@ impl CuttableProxy {
 }
 
 /// Wait until `n` sessions on this database wait for a lock.
+/// An open transaction that has inserted a `failed` event for `msg_id`: a signup
+/// statement for that message waits on its key until the transaction ends.
+pub async fn hold_event_key(
+    pg: &clerk_sync::store::PgStore,
+    msg_id: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut blocker = pg.pool.begin().await.unwrap();
+    sqlx::query(
+        r#"INSERT INTO "WebhookEvent" ("id", "eventId", "eventType", "processed", "createdAt", "status")
+           VALUES ('blocker', $1, 'user.created', false, LOCALTIMESTAMP, 'failed')"#,
+    )
+    .bind(msg_id)
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    blocker
+}
+
 /// The value of an unlabelled metric on `/metrics`.
 pub async fn metric(app: &TestApp, name: &str) -> f64 {
     let text = app.get("/metrics").await.text().await.unwrap();

@@ -229,14 +229,7 @@ async fn a_user_created_by_a_concurrent_statement_is_updated_not_inserted_again(
     let clerk_sync::store::Store::Postgres(pg) = &app.store else {
         unreachable!("a PostgreSQL test")
     };
-    let mut blocker = pg.pool.begin().await.unwrap();
-    sqlx::query(
-        r#"INSERT INTO "WebhookEvent" ("id", "eventId", "eventType", "processed", "createdAt", "status")
-           VALUES ('blocker', 'msg_created', 'user.created', false, LOCALTIMESTAMP, 'failed')"#,
-    )
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
+    let blocker = hold_event_key(pg, "msg_created").await;
 
     let create = tokio::spawn(app.signed_request("msg_created", &created).send());
     wait_for_lock_waiters(pg, 1).await;
@@ -296,14 +289,7 @@ async fn a_refused_batch_is_applied_one_webhook_at_a_time() {
     .unwrap();
 
     // Hold the first webhook's statement on a lock, so that the next three queue.
-    let mut blocker = pg.pool.begin().await.unwrap();
-    sqlx::query(
-        r#"INSERT INTO "WebhookEvent" ("id", "eventId", "eventType", "processed", "createdAt", "status")
-           VALUES ('blocker', 'msg_first', 'user.created', false, LOCALTIMESTAMP, 'failed')"#,
-    )
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
+    let blocker = hold_event_key(pg, "msg_first").await;
     let first = tokio::spawn(
         app.signed_request("msg_first", &created_for("first"))
             .send(),
