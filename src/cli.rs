@@ -36,8 +36,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the HTTP service and the outbox worker (applies pending migrations first).
     Serve(ServeArgs),
-    /// Apply the embedded migrations; adopts a database the Prisma app already uses.
-    Migrate(DatabaseArgs),
+    /// Apply the embedded migrations (adopts a database the Prisma app already uses), or
+    /// take the database back to an earlier version with --revert-to.
+    Migrate(MigrateArgs),
     /// Check a live database end to end, without leaving a trace; print the SQL that fixes each problem.
     Diagnose(DiagnoseArgs),
     /// Insert a test user, read it back, update it, delete it, each step printed.
@@ -113,6 +114,22 @@ pub struct BenchArgs {
         default_value = "sqlite://data/clerk-sync.db"
     )]
     pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Revert every migration above this version, newest first, each in its own
+    /// transaction, so that the release that shipped it runs again. Rows are kept; only
+    /// going below 2 drops clerk-sync's own tables, and that needs --yes.
+    #[arg(long, value_name = "VERSION")]
+    pub revert_to: Option<i64>,
+
+    /// With --revert-to: drop clerk-sync's own tables even when they hold rows.
+    #[arg(long, requires = "revert_to")]
+    pub yes: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::time::Duration;
 
-use clerk_sync::cli::{BenchArgs, Cli, Command, DatabaseArgs, DiagnoseArgs};
+use clerk_sync::cli::{BenchArgs, Cli, Command, DatabaseArgs, DiagnoseArgs, MigrateArgs};
 use clerk_sync::config::{Config, DatabaseSettings, DatabaseUrl};
 use clerk_sync::startup::Application;
 use clerk_sync::store::Store;
@@ -35,22 +35,7 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(Config::from_serve_args(&args)?).await,
-        Command::Migrate(args) => {
-            let settings = DatabaseSettings::from_args(&args, Duration::from_secs(30))?;
-            let url = settings.migration_url();
-            let store = Store::connect(url, 1, settings.transaction_timeout).await?;
-            let pending = store
-                .pending_migrations()
-                .await
-                .context("reading applied migrations")?;
-            store.migrate().await.context("applying migrations")?;
-            println!(
-                "{url}: applied {} migration(s) {pending:?}; schema is current",
-                pending.len()
-            );
-            store.close().await;
-            Ok(())
-        }
+        Command::Migrate(args) => migrate(args).await,
         Command::Send(args) => send::run(args).await,
         Command::Diagnose(args) => diagnose(args).await,
         Command::Bench(args) => bench(args).await,
@@ -61,6 +46,42 @@ async fn run(command: Command) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let settings = DatabaseSettings::from_args(&args.database, Duration::from_secs(30))?;
+    let url = settings.migration_url();
+    let store = Store::connect(url, 1, settings.transaction_timeout).await?;
+    let result = async {
+        if let Some(target) = args.revert_to {
+            let plan = store
+                .revert_to(target, args.yes)
+                .await
+                .context("reverting migrations")?;
+            for (table, rows) in &plan.dropped_rows {
+                println!("dropped \"{table}\" with {rows} row(s)");
+            }
+            println!(
+                "{url}: reverted {} migration(s) {:?}; the database is at version {target}",
+                plan.versions.len(),
+                plan.versions
+            );
+            return Ok(());
+        }
+        let pending = store
+            .pending_migrations()
+            .await
+            .context("reading applied migrations")?;
+        store.migrate().await.context("applying migrations")?;
+        println!(
+            "{url}: applied {} migration(s) {pending:?}; schema is current",
+            pending.len()
+        );
+        Ok(())
+    }
+    .await;
+    store.close().await;
+    result
 }
 
 /// Connect for `diagnose` / `smoke` (over `DIRECT_URL` when set), refusing to create a

@@ -38,7 +38,7 @@ use tracing::{info, instrument, warn};
 
 use crate::domain::{ClerkUserId, SvixMessageId};
 use crate::outbox::Job;
-use crate::store::{self, new_id, PgStore, Store, StoreError};
+use crate::store::{self, new_id, OwnTablesSql, PgStore, Store, StoreError, OWN_SCHEMA};
 use crate::webhooks::clerk_event::{parse_envelope, UserProfile};
 use crate::webhooks::VerifiedWebhook;
 use crate::with_tx;
@@ -123,18 +123,23 @@ const USER_SYNC_CONFLICT: &str = r#"ON CONFLICT ("clerkId") DO UPDATE SET "clerk
 WHERE "ClerkUserSync"."clerkUpdatedAt" < excluded."clerkUpdatedAt"
   AND "ClerkUserSync"."deletedAt" IS NULL"#;
 
-static CLAIM_USER_SYNC: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        r#"
-INSERT INTO "ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
+static CLAIM_USER_SYNC: LazyLock<OwnTablesSql> = LazyLock::new(|| {
+    OwnTablesSql::new(
+        format!(
+            r#"
+INSERT INTO {{own}}"ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
 VALUES ($1, $2, NULL)
 {USER_SYNC_CONFLICT}
 RETURNING "clerkId""#
+        )
+        .leak(),
     )
 });
 
-const USER_IS_DELETED: &str = r#"
-SELECT "deletedAt" IS NOT NULL FROM "ClerkUserSync" WHERE "clerkId" = $1"#;
+static USER_IS_DELETED: OwnTablesSql = OwnTablesSql::new(
+    r#"
+SELECT "deletedAt" IS NOT NULL FROM {own}"ClerkUserSync" WHERE "clerkId" = $1"#,
+);
 
 const EMAIL_OWNED_BY_OTHER: &str = r#"
 SELECT EXISTS (SELECT 1 FROM "User" WHERE "email" = $1 AND "clerkId" <> $2)"#;
@@ -177,16 +182,20 @@ INSERT INTO "Transaction"
 VALUES ($1, $2, $3, 'completed', $4, 'credit', 'Signup bonus',
         'signup_bonus', $5, $6, $4, $7)"#;
 
-const INSERT_OUTBOX_JOB: &str = r#"
-INSERT INTO "OutboxJob"
+static INSERT_OUTBOX_JOB: OwnTablesSql = OwnTablesSql::new(
+    r#"
+INSERT INTO {own}"OutboxJob"
     ("id", "kind", "payload", "status", "attempts", "nextAttemptAt", "createdAt", "updatedAt")
-VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)"#;
+VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)"#,
+);
 
-const TOMBSTONE_USER: &str = r#"
-INSERT INTO "ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
+static TOMBSTONE_USER: OwnTablesSql = OwnTablesSql::new(
+    r#"
+INSERT INTO {own}"ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
 VALUES ($1, $2, $3)
 ON CONFLICT ("clerkId") DO UPDATE
-SET "deletedAt" = COALESCE("ClerkUserSync"."deletedAt", excluded."deletedAt")"#;
+SET "deletedAt" = COALESCE("ClerkUserSync"."deletedAt", excluded."deletedAt")"#,
+);
 
 /// The statements a `user.created` for a new user runs on PostgreSQL, in order (one round
 /// trip each; today one statement, in autocommit, with arrays of one element when the
@@ -428,7 +437,7 @@ WITH input AS (
              "signupKey", "jobId", "jobPayload")
 ),
 sync AS (
-    INSERT INTO "ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
+    INSERT INTO {OWN_SCHEMA}."ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
     SELECT i."clerkId", i."clerkUpdatedAt", NULL FROM input i
     WHERE NOT i."handled" AND NOT i."taken"
     ORDER BY i."clerkId"
@@ -442,7 +451,7 @@ verdict AS (
                 ELSE 'ignored' END AS "status",
            CASE WHEN s."clerkId" IS NOT NULL THEN NULL
                 WHEN i."taken" THEN '{EMAIL_TAKEN}'
-                WHEN (SELECT c."deletedAt" IS NOT NULL FROM "ClerkUserSync" c
+                WHEN (SELECT c."deletedAt" IS NOT NULL FROM {OWN_SCHEMA}."ClerkUserSync" c
                       WHERE c."clerkId" = i."clerkId") THEN '{REASON_DELETED}'
                 ELSE '{REASON_STALE}' END AS "error"
     FROM input i LEFT JOIN sync s ON s."clerkId" = i."clerkId"
@@ -484,7 +493,7 @@ bonus AS (
     WHERE $13 > 0
 ),
 job AS (
-    INSERT INTO "OutboxJob"
+    INSERT INTO {OWN_SCHEMA}."OutboxJob"
         ("id", "kind", "payload", "status", "attempts", "nextAttemptAt", "createdAt", "updatedAt")
     SELECT i."jobId", $17, i."jobPayload"::jsonb, 'pending', 0, $11, $11, $11
     FROM usr JOIN input i ON i."userId" = usr."id"
@@ -917,14 +926,14 @@ async fn upsert_user_stepwise(
             return Ok(UpsertResult::Refused(EMAIL_TAKEN.to_owned()));
         }
 
-        let fresh: Option<String> = sqlx::query_scalar(CLAIM_USER_SYNC.as_str())
+        let fresh: Option<String> = sqlx::query_scalar(CLAIM_USER_SYNC.for_store(store))
             .bind(clerk_id)
             .bind(profile.clerk_updated_at)
             .persistent(p)
             .fetch_optional(&mut *tx)
             .await?;
         if fresh.is_none() {
-            let deleted: bool = sqlx::query_scalar(USER_IS_DELETED)
+            let deleted: bool = sqlx::query_scalar(USER_IS_DELETED.for_store(store))
                 .bind(clerk_id)
                 .persistent(p)
                 .fetch_one(&mut *tx)
@@ -986,7 +995,7 @@ async fn upsert_user_stepwise(
                 clerk_id: clerk_id.to_owned(),
                 user_id: user_id.clone(),
             };
-            sqlx::query(INSERT_OUTBOX_JOB)
+            sqlx::query(INSERT_OUTBOX_JOB.for_store(store))
                 .bind(new_id())
                 .bind(job.kind())
                 .bind(Json(&job))
@@ -1050,7 +1059,7 @@ async fn delete_user(
         if inserted.is_none() {
             return Ok(Outcome::Duplicate);
         }
-        sqlx::query(TOMBSTONE_USER)
+        sqlx::query(TOMBSTONE_USER.for_store(store))
             .bind(clerk_id.as_str())
             .bind(event_ts_ms)
             .bind(now)

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::types::chrono::NaiveDateTime;
 
 use crate::signup::{self, insert_probe_user, Outcome, SignupSettings, UPDATE_USER};
-use crate::store::{self, new_id, ConstraintKind, Store, StoreError};
+use crate::store::{self, new_id, ConstraintKind, OwnTablesSql, Store, StoreError};
 use crate::webhooks::{sign, verify, WebhookSecret};
 use crate::{with_pool, with_tx};
 use schema::{Catalog, Drift, DriftKind};
@@ -396,6 +396,7 @@ async fn connection(store: &Store, target: &Target) -> StepResult {
 fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix> {
     let table = schema::table(d.table);
     let pg = matches!(store, Store::Postgres(_));
+    let name = schema::qualified(store, d.table);
     let sql = |s: String, safe: bool| {
         Some(Fix {
             action: FixAction::Sql(s),
@@ -412,10 +413,7 @@ fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix> {
                 ("", col.sqlite_decl())
             };
             sql(
-                format!(
-                    "ALTER TABLE \"{}\" ADD COLUMN {if_not_exists}{decl};",
-                    d.table
-                ),
+                format!("ALTER TABLE {name} ADD COLUMN {if_not_exists}{decl};"),
                 col.nullable || col.default.is_some(),
             )
         }
@@ -423,8 +421,7 @@ fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix> {
             let col = schema::column(table, c);
             sql(
                 format!(
-                    "ALTER TABLE \"{}\" ALTER COLUMN \"{c}\" SET DEFAULT {};",
-                    d.table,
+                    "ALTER TABLE {name} ALTER COLUMN \"{c}\" SET DEFAULT {};",
                     col.default.unwrap_or("NULL")
                 ),
                 true,
@@ -436,8 +433,7 @@ fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix> {
             let ty = ty.split_whitespace().nth(1).unwrap_or_default().to_owned();
             sql(
                 format!(
-                    "ALTER TABLE \"{}\" ALTER COLUMN \"{c}\" TYPE {ty} USING \"{c}\"::{};",
-                    d.table,
+                    "ALTER TABLE {name} ALTER COLUMN \"{c}\" TYPE {ty} USING \"{c}\"::{};",
                     ty.to_lowercase()
                 ),
                 false,
@@ -451,7 +447,7 @@ fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix> {
                 "SET NOT NULL"
             };
             sql(
-                format!("ALTER TABLE \"{}\" ALTER COLUMN \"{c}\" {change};", d.table),
+                format!("ALTER TABLE {name} ALTER COLUMN \"{c}\" {change};"),
                 false,
             )
         }
@@ -475,15 +471,12 @@ fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix> {
                 .join(", ");
             if index.ends_with("_pkey") {
                 sql(
-                    format!("ALTER TABLE \"{}\" ADD PRIMARY KEY ({cols});", d.table),
+                    format!("ALTER TABLE {name} ADD PRIMARY KEY ({cols});"),
                     false,
                 )
             } else {
                 sql(
-                    format!(
-                        "CREATE UNIQUE INDEX IF NOT EXISTS \"{index}\" ON \"{}\"({cols});",
-                        d.table
-                    ),
+                    format!("CREATE UNIQUE INDEX IF NOT EXISTS \"{index}\" ON {name}({cols});"),
                     true,
                 )
             }
@@ -498,9 +491,10 @@ fn migration_statements(store: &Store, table: &str) -> String {
     let create = format!("CREATE TABLE IF NOT EXISTS \"{table}\"");
     let alter = format!("ALTER TABLE \"{table}\"");
     let on = format!("ON \"{table}\"(");
-    store
+    let statements = store
         .migrator()
         .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
         .map(|m| without_comments(m.sql.as_str()))
         .flat_map(|sql| {
             sql.split(';')
@@ -514,7 +508,11 @@ fn migration_statements(store: &Store, table: &str) -> String {
         })
         .map(|stmt| format!("{stmt};"))
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    // The migrations create clerk-sync's own tables in the app's schema; version 5 moves
+    // them. A fix creates them where they belong.
+    let quoted = format!("\"{table}\"");
+    statements.replace(&quoted, &schema::qualified(store, table))
 }
 
 /// SQL text without its `--` comment lines.
@@ -587,12 +585,13 @@ async fn migrations_step(store: &Store) -> StepResult {
     match store.pending_migrations().await {
         Ok(pending) if pending.is_empty() => pass(format!(
             "{} embedded migrations applied",
-            store.migrator().iter().count()
+            store::migrations::latest(store.migrator())
         )),
         Ok(pending) => {
             let names: Vec<String> = store
                 .migrator()
                 .iter()
+                .filter(|m| !m.migration_type.is_down_migration())
                 .filter(|m| pending.contains(&m.version))
                 .map(|m| format!("{} {}", m.version, m.description))
                 .collect();
@@ -952,14 +951,19 @@ async fn ledger_step(store: &Store) -> StepResult {
 }
 
 async fn outbox_step(store: &Store) -> StepResult {
-    const BACKLOG: &str = r#"
+    static BACKLOG: OwnTablesSql = OwnTablesSql::new(
+        r#"
 SELECT CAST(COALESCE(SUM(CASE WHEN "status" = 'pending' THEN 1 ELSE 0 END), 0) AS BIGINT),
        CAST(COALESCE(SUM(CASE WHEN "status" = 'dead' THEN 1 ELSE 0 END), 0) AS BIGINT),
        MIN(CASE WHEN "status" = 'pending' THEN "createdAt" END)
-FROM "OutboxJob""#;
+FROM {own}"OutboxJob""#,
+    );
+    static REQUEUE_DEAD: OwnTablesSql = OwnTablesSql::new(
+        r#"UPDATE {own}"OutboxJob" SET "status" = 'pending', "attempts" = 0, "nextAttemptAt" = CURRENT_TIMESTAMP WHERE "status" = 'dead';"#,
+    );
     let row: Result<(i64, i64, Option<NaiveDateTime>), StoreError> = async {
         Ok(with_pool!(store, |pool, p| {
-            sqlx::query_as(BACKLOG)
+            sqlx::query_as(BACKLOG.for_store(store))
                 .persistent(p)
                 .fetch_one(pool)
                 .await?
@@ -977,7 +981,7 @@ FROM "OutboxJob""#;
                 problems.push(Problem {
                     what: format!("{dead} dead job(s): see \"lastError\"; after fixing the cause, requeue them"),
                     fix: Some(Fix {
-                        action: FixAction::Sql(r#"UPDATE "OutboxJob" SET "status" = 'pending', "attempts" = 0, "nextAttemptAt" = CURRENT_TIMESTAMP WHERE "status" = 'dead';"#.into()),
+                        action: FixAction::Sql(REQUEUE_DEAD.for_store(store).into()),
                         safe: false,
                     }),
                 });

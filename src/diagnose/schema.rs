@@ -212,19 +212,20 @@ pub struct Catalog {
 const PG_COLUMNS: &str = r#"
 SELECT table_name::text, column_name::text, data_type::text, is_nullable = 'YES', column_default::text
 FROM information_schema.columns
-WHERE table_schema = current_schema()
-  AND table_name IN ('User', 'WebhookEvent', 'Transaction', 'ClerkUserSync', 'OutboxJob')"#;
+WHERE (table_schema = current_schema() AND table_name IN ('User', 'WebhookEvent', 'Transaction'))
+   OR (table_schema = 'clerk_sync' AND table_name IN ('ClerkUserSync', 'OutboxJob'))"#;
 
 const PG_UNIQUE: &str = r#"
 SELECT t.relname::text,
        array_agg(a.attname::text ORDER BY k.ord)
 FROM pg_index ix
 JOIN pg_class t ON t.oid = ix.indrelid
-JOIN pg_namespace n ON n.oid = t.relnamespace AND n.nspname = current_schema()
+JOIN pg_namespace n ON n.oid = t.relnamespace
 CROSS JOIN LATERAL unnest(ix.indkey) WITH ORDINALITY AS k(attnum, ord)
 JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum
 WHERE ix.indisunique AND ix.indpred IS NULL
-  AND t.relname IN ('User', 'WebhookEvent', 'Transaction', 'ClerkUserSync', 'OutboxJob')
+  AND ((n.nspname = current_schema() AND t.relname IN ('User', 'WebhookEvent', 'Transaction'))
+    OR (n.nspname = 'clerk_sync' AND t.relname IN ('ClerkUserSync', 'OutboxJob')))
 GROUP BY t.relname, ix.indexrelid"#;
 
 const SQLITE_COLUMNS: &str =
@@ -465,6 +466,17 @@ pub fn client_side_note(catalog: &Catalog) -> Option<String> {
             attrs.join(", ")
         )
     })
+}
+
+/// How SQL names a contract table: clerk-sync's own tables are in schema `clerk_sync` on
+/// PostgreSQL.
+pub fn qualified(store: &Store, table: &str) -> String {
+    match store {
+        Store::Postgres(_) if crate::store::OWN_TABLES.contains(&table) => {
+            format!("{}.\"{table}\"", crate::store::OWN_SCHEMA)
+        }
+        _ => format!("\"{table}\""),
+    }
 }
 
 pub fn table(name: &str) -> &'static Table {

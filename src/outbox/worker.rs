@@ -14,7 +14,7 @@ use tracing::{error, info, instrument, warn};
 
 use super::{ClerkClient, DeliveryError, Job};
 use crate::http::metrics::Metrics;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, OwnTablesSql, Store, StoreError};
 use crate::with_pool;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +62,10 @@ impl WorkerSettings {
 }
 
 const CLAIM_PG: &str = r#"
-UPDATE "OutboxJob"
+UPDATE clerk_sync."OutboxJob"
 SET "attempts" = "attempts" + 1, "nextAttemptAt" = $2, "updatedAt" = $1
 WHERE "id" = (
-    SELECT "id" FROM "OutboxJob"
+    SELECT "id" FROM clerk_sync."OutboxJob"
     WHERE "status" = 'pending' AND "nextAttemptAt" <= $1
     ORDER BY "nextAttemptAt"
     LIMIT 1
@@ -85,14 +85,20 @@ WHERE "id" = (
 )
 RETURNING "id", "payload", "attempts""#;
 
-const MARK_DONE: &str = r#"
-UPDATE "OutboxJob" SET "status" = 'done', "lastError" = NULL, "updatedAt" = $2 WHERE "id" = $1"#;
+static MARK_DONE: OwnTablesSql = OwnTablesSql::new(
+    r#"
+UPDATE {own}"OutboxJob" SET "status" = 'done', "lastError" = NULL, "updatedAt" = $2 WHERE "id" = $1"#,
+);
 
-const MARK_RETRY: &str = r#"
-UPDATE "OutboxJob" SET "nextAttemptAt" = $2, "lastError" = $3, "updatedAt" = $4 WHERE "id" = $1"#;
+static MARK_RETRY: OwnTablesSql = OwnTablesSql::new(
+    r#"
+UPDATE {own}"OutboxJob" SET "nextAttemptAt" = $2, "lastError" = $3, "updatedAt" = $4 WHERE "id" = $1"#,
+);
 
-const MARK_DEAD: &str = r#"
-UPDATE "OutboxJob" SET "status" = 'dead', "lastError" = $2, "updatedAt" = $3 WHERE "id" = $1"#;
+static MARK_DEAD: OwnTablesSql = OwnTablesSql::new(
+    r#"
+UPDATE {own}"OutboxJob" SET "status" = 'dead', "lastError" = $2, "updatedAt" = $3 WHERE "id" = $1"#,
+);
 
 type Claimed = (String, Json<serde_json::Value>, i32);
 
@@ -142,7 +148,7 @@ pub async fn try_execute_job(
     let outcome = match result {
         Ok(()) => {
             with_pool!(store, |pool, p| {
-                sqlx::query(MARK_DONE)
+                sqlx::query(MARK_DONE.for_store(store))
                     .bind(&id)
                     .bind(now)
                     .persistent(p)
@@ -160,7 +166,7 @@ pub async fn try_execute_job(
             let next =
                 now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
             with_pool!(store, |pool, p| {
-                sqlx::query(MARK_RETRY)
+                sqlx::query(MARK_RETRY.for_store(store))
                     .bind(&id)
                     .bind(next)
                     .bind(&reason)
@@ -175,7 +181,7 @@ pub async fn try_execute_job(
         Err(e) => {
             let reason = e.to_string();
             with_pool!(store, |pool, p| {
-                sqlx::query(MARK_DEAD)
+                sqlx::query(MARK_DEAD.for_store(store))
                     .bind(&id)
                     .bind(&reason)
                     .bind(now)

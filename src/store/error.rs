@@ -18,6 +18,10 @@ pub enum StoreError {
     Constraint(ConstraintViolation),
     #[error("migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database's layout forbids the operation (migrations, reverts); the message says
+    /// why and what to do.
+    #[error("{0}")]
+    Layout(String),
     #[error("database error")]
     Other(#[source] sqlx::Error),
 }

@@ -5,7 +5,9 @@
 //! placeholders, `ON CONFLICT`, `RETURNING`).
 
 mod error;
+pub mod migrations;
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -13,11 +15,49 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
 pub use error::{connection_lost, ConstraintKind, ConstraintViolation, StoreError};
+pub use migrations::{RevertPlan, OWN_SCHEMA};
 
 use crate::config::{DatabaseSettings, DatabaseUrl};
 
-pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
-pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+/// The tables only clerk-sync uses. On PostgreSQL they live in [`OWN_SCHEMA`]; on SQLite,
+/// one file with one schema, beside the app's tables.
+pub const OWN_TABLES: [&str; 2] = ["ClerkUserSync", "OutboxJob"];
+
+/// SQL text that names clerk-sync's own tables as `{own}"OutboxJob"`: `{own}` becomes
+/// `clerk_sync.` on PostgreSQL and nothing on SQLite. Declared as a `static`, so each
+/// backend's text is built once and lives as long as the program (sqlx wants `'static`).
+pub struct OwnTablesSql {
+    template: &'static str,
+    postgres: OnceLock<String>,
+    sqlite: OnceLock<String>,
+}
+
+impl OwnTablesSql {
+    pub const fn new(template: &'static str) -> Self {
+        Self {
+            template,
+            postgres: OnceLock::new(),
+            sqlite: OnceLock::new(),
+        }
+    }
+
+    pub fn postgres(&'static self) -> &'static str {
+        self.postgres
+            .get_or_init(|| self.template.replace("{own}", "clerk_sync."))
+    }
+
+    pub fn sqlite(&'static self) -> &'static str {
+        self.sqlite
+            .get_or_init(|| self.template.replace("{own}", ""))
+    }
+
+    pub fn for_store(&'static self, store: &Store) -> &'static str {
+        match store {
+            Store::Postgres(_) => self.postgres(),
+            Store::Sqlite(_) => self.sqlite(),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -181,8 +221,8 @@ impl Store {
 
     pub fn migrator(&self) -> &'static Migrator {
         match self {
-            Self::Postgres(_) => &POSTGRES_MIGRATIONS,
-            Self::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Self::Postgres(_) => &migrations::POSTGRES,
+            Self::Sqlite(_) => &migrations::SQLITE,
         }
     }
 
@@ -190,58 +230,42 @@ impl Store {
     /// replicas starting together apply them once.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
-            Self::Postgres(pg) => POSTGRES_MIGRATIONS.run(&pg.pool).await?,
+            Self::Postgres(pg) => migrations::apply_postgres(&pg.pool).await?,
             Self::Sqlite(lite) => {
                 adopt_sqlite_tables(&lite.pool).await?;
-                SQLITE_MIGRATIONS.run(&lite.pool).await?
+                migrations::SQLITE.run(&lite.pool).await?
             }
         }
         Ok(())
     }
 
+    /// Take the database back to migration `target` (see [`migrations`]).
+    pub async fn revert_to(&self, target: i64, allow_drop: bool) -> Result<RevertPlan, StoreError> {
+        match self {
+            Self::Postgres(pg) => migrations::revert_postgres(&pg.pool, target, allow_drop).await,
+            Self::Sqlite(lite) => migrations::revert_sqlite(&lite.pool, target, allow_drop).await,
+        }
+    }
+
+    /// Versions applied successfully.
+    pub async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        match self {
+            Self::Postgres(pg) => migrations::applied_postgres(&pg.pool).await,
+            Self::Sqlite(lite) => migrations::applied_sqlite(&lite.pool).await,
+        }
+    }
+
     /// Versions of the embedded migrations not yet applied successfully.
     pub async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
-        const APPLIED: &str = "SELECT version FROM _sqlx_migrations WHERE success";
-        let table_exists = self.table_exists("_sqlx_migrations").await?;
-        let applied: Vec<i64> = if table_exists {
-            with_pool!(self, |pool, p| {
-                sqlx::query_scalar(APPLIED)
-                    .persistent(p)
-                    .fetch_all(pool)
-                    .await?
-            })
-        } else {
-            Vec::new()
-        };
-        Ok(self
+        let applied = self.applied_migrations().await?;
+        let mut pending: Vec<i64> = self
             .migrator()
             .iter()
             .map(|m| m.version)
             .filter(|v| !applied.contains(v))
-            .collect())
-    }
-
-    pub async fn table_exists(&self, table: &str) -> Result<bool, StoreError> {
-        const PG: &str = "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_name = $1)";
-        const LITE: &str =
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)";
-        let exists: bool = match self {
-            Self::Postgres(pg) => {
-                sqlx::query_scalar(PG)
-                    .bind(table)
-                    .persistent(pg.prepared)
-                    .fetch_one(&pg.pool)
-                    .await?
-            }
-            Self::Sqlite(lite) => {
-                sqlx::query_scalar(LITE)
-                    .bind(table)
-                    .fetch_one(&lite.pool)
-                    .await?
-            }
-        };
-        Ok(exists)
+            .collect();
+        pending.dedup();
+        Ok(pending)
     }
 
     /// One round trip: is the database there at all?
@@ -330,7 +354,7 @@ mod tests {
                 .map(|m| (m.version, m.description.to_string()))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(names(&POSTGRES_MIGRATIONS), names(&SQLITE_MIGRATIONS));
-        assert!(!names(&POSTGRES_MIGRATIONS).is_empty());
+        assert_eq!(names(&migrations::POSTGRES), names(&migrations::SQLITE));
+        assert!(!names(&migrations::POSTGRES).is_empty());
     }
 }

@@ -308,26 +308,25 @@ async fn wrong_column_type(backend: Backend) {
 }
 
 async fn missing_table(backend: Backend) {
-    let drop = r#"DROP TABLE "OutboxJob""#;
+    let create = match backend {
+        Backend::Postgres => r#"CREATE TABLE IF NOT EXISTS clerk_sync.\"OutboxJob\""#,
+        Backend::Sqlite => r#"CREATE TABLE IF NOT EXISTS \"OutboxJob\""#,
+    };
     break_and_repair(
         backend,
-        drop,
-        drop,
-        &[
-            r#"table \"OutboxJob\" is missing"#,
-            r#"CREATE TABLE IF NOT EXISTS \"OutboxJob\""#,
-        ],
+        r#"DROP TABLE clerk_sync."OutboxJob""#,
+        r#"DROP TABLE "OutboxJob""#,
+        &[r#"table \"OutboxJob\" is missing"#, create],
         Repair::FixFlag,
     )
     .await;
 }
 
 async fn unapplied_migration(backend: Backend) {
-    let forget = "DELETE FROM _sqlx_migrations WHERE version = 2";
     break_and_repair(
         backend,
-        forget,
-        forget,
+        "DELETE FROM clerk_sync._sqlx_migrations WHERE version = 2",
+        "DELETE FROM _sqlx_migrations WHERE version = 2",
         &["not applied: 2 clerk sync tables", "clerk-sync migrate"],
         Repair::FixFlag,
     )

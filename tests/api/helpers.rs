@@ -462,15 +462,25 @@ pub async fn events(store: &Store) -> Vec<EventRow> {
     })
 }
 
+/// clerk-sync's own table `name` as SQL names it on this store's backend.
+pub fn own_table(store: &Store, name: &str) -> String {
+    match store {
+        Store::Postgres(_) => format!("clerk_sync.\"{name}\""),
+        Store::Sqlite(_) => format!("\"{name}\""),
+    }
+}
+
 pub async fn jobs(store: &Store) -> Vec<JobRow> {
+    let sql = format!(
+        r#"SELECT "id", "kind", "payload", "status", "attempts", "nextAttemptAt", "lastError"
+           FROM {} ORDER BY "createdAt", "id""#,
+        own_table(store, "OutboxJob")
+    );
     with_pool!(store, |pool, _p| {
-        sqlx::query_as(
-            r#"SELECT "id", "kind", "payload", "status", "attempts", "nextAttemptAt", "lastError"
-               FROM "OutboxJob" ORDER BY "createdAt", "id""#,
-        )
-        .fetch_all(pool)
-        .await
-        .unwrap()
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(pool)
+            .await
+            .unwrap()
     })
 }
 
@@ -488,8 +498,12 @@ pub async fn assert_ledger_adds_up(store: &Store) {
 
 /// Make every pending job due now (stands in for waiting out the backoff).
 pub async fn make_jobs_due(store: &Store) {
+    let sql = format!(
+        r#"UPDATE {} SET "nextAttemptAt" = $1 WHERE "status" = 'pending'"#,
+        own_table(store, "OutboxJob")
+    );
     with_pool!(store, |pool, _p| {
-        sqlx::query(r#"UPDATE "OutboxJob" SET "nextAttemptAt" = $1 WHERE "status" = 'pending'"#)
+        sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(clerk_sync::store::now() - chrono::Duration::seconds(1))
             .execute(pool)
             .await

@@ -555,7 +555,8 @@ async fn a_failure_mid_transaction_writes_nothing(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn(&db).await;
     // Sabotage the last insert of the transaction: the outbox table is gone.
-    db.exec(r#"ALTER TABLE "OutboxJob" RENAME TO "OutboxJobGone""#)
+    let own = own_table(&app.store, "OutboxJob");
+    db.exec(&format!(r#"ALTER TABLE {own} RENAME TO "OutboxJobGone""#))
         .await;
 
     let (s, b) = status_json(
@@ -575,7 +576,8 @@ async fn a_failure_mid_transaction_writes_nothing(backend: Backend) {
     assert!(events(&app.store).await.is_empty());
 
     // Svix retries; once the table is back, the same message goes through.
-    db.exec(r#"ALTER TABLE "OutboxJobGone" RENAME TO "OutboxJob""#)
+    let gone = own.replace("OutboxJob", "OutboxJobGone");
+    db.exec(&format!(r#"ALTER TABLE {gone} RENAME TO "OutboxJob""#))
         .await;
     let (s, b) = status_json(
         app.post_webhook("msg_x", &fixture("clerk-user-created.json"))

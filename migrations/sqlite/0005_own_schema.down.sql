@@ -1,0 +1,2 @@
+-- Nothing was moved on SQLite (see the up migration).
+SELECT 1;
