@@ -141,8 +141,9 @@ pub struct DiagnoseArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Apply the safe fixes (missing defaults, indexes, tables, columns, migrations, ledger
-    /// adjustments) in one transaction; never drops anything. Asks first unless --yes.
+    /// Apply the safe fixes (missing defaults, indexes, tables, columns, migrations, the
+    /// ledger trigger) in one transaction; never drops or rewrites anything, and never
+    /// appends ledger rows. Asks first unless --yes.
     #[arg(long)]
     pub fix: bool,
 

@@ -170,27 +170,48 @@ FROM "User" WHERE "clerkId" = $1"#;
 const DEBIT: Change = Change {
     set: r#""usedGenerations" = "usedGenerations" + {amount}"#,
     allowed: r#""availableGenerations" - "usedGenerations" >= {amount}"#,
+    after: r#""availableGenerations" - "usedGenerations" - {amount}"#,
 };
 const CREDIT: Change = Change {
     set: r#""availableGenerations" = "availableGenerations" + {amount}"#,
     allowed: r#""availableGenerations" <= 2147483647 - {amount}"#,
+    after: r#""availableGenerations" - "usedGenerations" + {amount}"#,
 };
 
 struct Change {
     set: &'static str,
     allowed: &'static str,
+    /// The balance after the movement, from the user row before it.
+    after: &'static str,
 }
 
 impl Change {
-    /// `UPDATE "User"` of the stepwise path: `$1` the user's id, `$2` the amount, `$3` now.
-    fn update_user(&self) -> String {
+    /// The stepwise path's first statement: the ledger row, written only when the user
+    /// can move and the key is new. `$1` the user's id, `$2` the amount, `$3` now, `$4` the
+    /// row's id, `$5` its `tracking_id`, `$6` type, `$7` description, `$8` reason, `$9` the
+    /// key. The row goes first so that the ledger trigger on `"User"` (migration 6), which
+    /// fires as the user row changes, finds it and records no direct write.
+    fn insert_movement(&self) -> String {
         format!(
             r#"
-UPDATE "User" SET {}, "updatedAt" = $3
-WHERE "id" = $1 AND {}
-RETURNING CAST("availableGenerations" - "usedGenerations" AS BIGINT) AS "balance""#,
-            self.set.replace("{amount}", "$2"),
+INSERT INTO "Transaction"
+    ("id", "tracking_id", "userId", "status", "amount", "type", "description",
+     "reason", "idempotencyKey", "balanceAfter", "createdAt")
+SELECT $4, $5, "id", 'completed', $2, $6, $7, $8, $9, {}, $3
+FROM "User" WHERE "id" = $1 AND {}
+ON CONFLICT ("userId", "idempotencyKey") DO NOTHING
+RETURNING "id", CAST("balanceAfter" AS BIGINT)"#,
+            self.after.replace("{amount}", "$2"),
             self.allowed.replace("{amount}", "$2")
+        )
+    }
+
+    /// The stepwise path's second statement: `$1` the user's id, `$2` the amount, `$3`
+    /// now (the ledger row's `createdAt`).
+    fn update_user(&self) -> String {
+        format!(
+            r#"UPDATE "User" SET {}, "updatedAt" = $3 WHERE "id" = $1"#,
+            self.set.replace("{amount}", "$2"),
         )
     }
 
@@ -242,19 +263,13 @@ FROM (SELECT 1) AS one LEFT JOIN ins ON TRUE LEFT JOIN prior ON TRUE"#,
 
 static DEBIT_USER: LazyLock<String> = LazyLock::new(|| DEBIT.update_user());
 static CREDIT_USER: LazyLock<String> = LazyLock::new(|| CREDIT.update_user());
+static DEBIT_ROW: LazyLock<String> = LazyLock::new(|| DEBIT.insert_movement());
+static CREDIT_ROW: LazyLock<String> = LazyLock::new(|| CREDIT.insert_movement());
 static CONSUME_POSTGRES: LazyLock<String> = LazyLock::new(|| DEBIT.movement_postgres());
 static GRANT_POSTGRES: LazyLock<String> = LazyLock::new(|| CREDIT.movement_postgres());
 
 /// The unique index that makes an idempotency key single-use per user.
 const KEY_INDEX: &str = "Transaction_userId_idempotencyKey_key";
-
-const INSERT_MOVEMENT: &str = r#"
-INSERT INTO "Transaction"
-    ("id", "tracking_id", "userId", "status", "amount", "type", "description",
-     "reason", "idempotencyKey", "balanceAfter", "createdAt")
-VALUES ($1, $2, $3, 'completed', $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT ("userId", "idempotencyKey") DO NOTHING
-RETURNING "id""#;
 
 /// The statements a consume runs on PostgreSQL, in order (one round trip each; today one
 /// statement, in autocommit). `clerk-sync bench --scenario consume
@@ -488,39 +503,33 @@ async fn apply_stepwise(
     m: &MovementRequest<'_>,
 ) -> Result<Movement, CreditsError> {
     let now = store::now();
-    let change = if m.reason == Reason::Consume {
-        &DEBIT_USER
+    let (row, change) = if m.reason == Reason::Consume {
+        (&DEBIT_ROW, &DEBIT_USER)
     } else {
-        &CREDIT_USER
+        (&CREDIT_ROW, &CREDIT_USER)
     };
     with_tx!(store, |tx, p| {
-        let balance: Option<i64> = sqlx::query_scalar(change.as_str())
+        let inserted: Option<(String, i64)> = sqlx::query_as(row.as_str())
             .bind(user_id)
             .bind(m.amount.get())
             .bind(now)
+            .bind(new_id())
+            .bind(m.tracking())
+            .bind(m.reason.ledger_type())
+            .bind(m.description())
+            .bind(m.reason.as_str())
+            .bind(m.key.as_str())
             .persistent(p)
             .fetch_optional(&mut *tx)
             .await?;
-        let inserted: Option<String> = match balance {
-            Some(balance) => {
-                sqlx::query_scalar(INSERT_MOVEMENT)
-                    .bind(new_id())
-                    .bind(m.tracking())
-                    .bind(user_id)
-                    .bind(m.amount.get())
-                    .bind(m.reason.ledger_type())
-                    .bind(m.description())
-                    .bind(m.reason.as_str())
-                    .bind(m.key.as_str())
-                    .bind(balance as i32)
-                    .bind(now)
-                    .persistent(p)
-                    .fetch_optional(&mut *tx)
-                    .await?
-            }
-            None => None,
-        };
-        if let (Some(id), Some(balance)) = (inserted, balance) {
+        if let Some((id, balance)) = inserted {
+            sqlx::query(change.as_str())
+                .bind(user_id)
+                .bind(m.amount.get())
+                .bind(now)
+                .persistent(p)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             return decide(m, Some((id, balance as i32)), None, None);
         }
