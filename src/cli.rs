@@ -47,6 +47,26 @@ pub enum Command {
     Send(SendArgs),
     /// Load-test a deployment: signed `user.created` events, or credits consumes.
     Bench(BenchArgs),
+    /// Print what clerk-sync adds to the app's User, WebhookEvent and Transaction tables,
+    /// for the app's schema.prisma (or, with --migration, as an idempotent SQL migration).
+    PrismaSchema(PrismaSchemaArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PrismaSchemaArgs {
+    /// The app's schema.prisma: print only what its models lack.
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
+
+    /// With --schema: add the missing fields and attributes to the file itself.
+    #[arg(long, requires = "schema", conflicts_with = "migration")]
+    pub write: bool,
+
+    /// Print the SQL migration for prisma/migrations/<timestamp>_clerk_sync/migration.sql
+    /// instead: every statement idempotent, so either order of `prisma migrate deploy` and
+    /// `clerk-sync migrate` works.
+    #[arg(long)]
+    pub migration: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,6 +7,7 @@ pub mod diagnose;
 pub mod domain;
 pub mod http;
 pub mod outbox;
+pub mod prisma_schema;
 pub mod send;
 pub mod signup;
 pub mod smoke;

@@ -8,7 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use std::time::Duration;
 
-use clerk_sync::cli::{BenchArgs, Cli, Command, DatabaseArgs, DiagnoseArgs, MigrateArgs};
+use clerk_sync::cli::{
+    BenchArgs, Cli, Command, DatabaseArgs, DiagnoseArgs, MigrateArgs, PrismaSchemaArgs,
+};
 use clerk_sync::config::{Config, DatabaseSettings, DatabaseUrl};
 use clerk_sync::startup::Application;
 use clerk_sync::store::Store;
@@ -37,6 +39,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve(Config::from_serve_args(&args)?).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Send(args) => send::run(args).await,
+        Command::PrismaSchema(args) => prisma_schema(args),
         Command::Diagnose(args) => diagnose(args).await,
         Command::Bench(args) => bench(args).await,
         Command::Smoke(args) => {
@@ -46,6 +49,37 @@ async fn run(command: Command) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+fn prisma_schema(args: PrismaSchemaArgs) -> anyhow::Result<()> {
+    use clerk_sync::prisma_schema as ps;
+    if args.migration {
+        print!("{}", ps::migration());
+        return Ok(());
+    }
+    let schema = match &args.schema {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    match (&args.schema, schema) {
+        (Some(path), Some(text)) if args.write => {
+            let updated = ps::apply(&text)?;
+            if updated == text {
+                eprintln!("{}: nothing to add", path.display());
+            } else {
+                std::fs::write(path, updated)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!(
+                    "{}: added clerk-sync's fields; run `prisma format` to align them",
+                    path.display()
+                );
+            }
+        }
+        (_, schema) => print!("{}", ps::render(schema.as_deref())?),
+    }
+    Ok(())
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
