@@ -10,5 +10,6 @@ mod diagnose;
 mod health;
 mod outbox;
 mod pgbouncer;
+mod prisma;
 mod signature;
 mod signup;
