@@ -568,6 +568,11 @@ impl FakeClerk {
         self.state.lock().unwrap().script.extend(statuses);
     }
 
+    /// Answer 200 from now on.
+    pub fn clear_script(&self) {
+        self.state.lock().unwrap().script.clear();
+    }
+
     pub fn add_user(&self, user: Value) {
         let id = user["id"].as_str().unwrap().to_owned();
         self.state.lock().unwrap().users.insert(id, user);

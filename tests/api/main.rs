@@ -13,3 +13,4 @@ mod pgbouncer;
 mod prisma;
 mod signature;
 mod signup;
+mod upgrade;
