@@ -62,11 +62,22 @@ struct Served {
 
 impl Served {
     async fn start(bin: &str, db: &TestDb, clerk: &FakeClerk) -> Self {
+        Self::start_with(bin, db, clerk, true).await
+    }
+
+    /// `deliver`: set CLERK_SECRET_KEY, so that its worker delivers metadata updates.
+    async fn start_with(bin: &str, db: &TestDb, clerk: &FakeClerk, deliver: bool) -> Self {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let mut child = tokio::process::Command::new(bin)
+        let mut command = tokio::process::Command::new(bin);
+        if deliver {
+            command.env("CLERK_SECRET_KEY", FakeClerk::KEY);
+        } else {
+            command.env_remove("CLERK_SECRET_KEY");
+        }
+        let mut child = command
             .arg("serve")
             .env("DATABASE_URL", &db.url)
             .env("PORT", port.to_string())
@@ -74,7 +85,6 @@ impl Served {
             .env("CLERK_WEBHOOK_SIGNING_SECRET", SECRET)
             .env("CLERK_SYNC_API_KEYS", API_KEY)
             .env("CLERK_API_URL", &clerk.url)
-            .env("CLERK_SECRET_KEY", FakeClerk::KEY)
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "clerk_sync=info")
             .env_remove("DIRECT_URL")
@@ -255,6 +265,13 @@ async fn upgrade_from_the_previous_release_keeps_every_row_and_reverts(backend: 
     old.stop().await;
     let before = table_digests(&db, backend, false).await;
     assert!(before.iter().all(|(_, n, _)| *n > 0), "{before:?}");
+    // A replica of the previous release keeps running through the upgrade (PostgreSQL:
+    // SQLite is one process, upgraded by restarting it). No worker, so the rows stay put.
+    let running = if backend == Backend::Postgres {
+        Some(Served::start_with(&previous, &db, &clerk, false).await)
+    } else {
+        None
+    };
 
     // Upgrade: every row of every table intact, clerk-sync's tables out of the app's schema.
     let (ok, out, err) = run(current(), &["migrate", "--database-url", &db.url]);
@@ -288,6 +305,26 @@ async fn upgrade_from_the_previous_release_keeps_every_row_and_reverts(backend: 
     };
     assert!(err.contains(why) || out.contains(why), "{out}\n{err}");
     assert_eq!(table_digests(&db, backend, true).await, before);
+
+    // The replica that was running: its signups fail whole (5xx, so Svix delivers them
+    // again, to a new replica) and its credits calls work, recorded once in the ledger.
+    if let Some(old) = running {
+        let (s, b) = old
+            .signup("msg_during_upgrade", "user_during", "during@example.com")
+            .await;
+        assert_eq!(s, 500, "{b}");
+        let (s, b) = old.consume("user_old_2", "spend_during", 1).await;
+        assert_eq!((s, b["balanceAfter"].as_i64()), (200, Some(19)), "{b}");
+        old.stop().await;
+        let store = db.store().await;
+        assert_eq!(
+            users(&store).await.len(),
+            6,
+            "the failed signup wrote nothing"
+        );
+        assert_ledger_adds_up(&store).await;
+        store.close().await;
+    }
 
     // The new release serves it: signups, credits, and the jobs the old one queued.
     let app = TestApp::spawn_with(
