@@ -20,7 +20,7 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Connection, Executor};
 
-use super::StoreError;
+use super::{PgStore, StoreError};
 
 /// clerk-sync's own PostgreSQL schema.
 pub const OWN_SCHEMA: &str = "clerk_sync";
@@ -61,12 +61,17 @@ fn down(migrator: &Migrator, version: i64) -> Option<&Migration> {
         .find(|m| m.version == version && m.migration_type.is_down_migration())
 }
 
-/// Where the migration history of this PostgreSQL database is, if anywhere.
-async fn pg_history(conn: &mut sqlx::PgConnection) -> Result<Option<&'static str>, StoreError> {
+/// Where the migration history of this PostgreSQL database is, if anywhere. `prepared`:
+/// false behind a transaction-mode pooler (see [`super::PgStore`]).
+async fn pg_history(
+    conn: &mut sqlx::PgConnection,
+    prepared: bool,
+) -> Result<Option<&'static str>, StoreError> {
     let (own, legacy): (bool, bool) = sqlx::query_as(
         "SELECT to_regclass('clerk_sync._sqlx_migrations') IS NOT NULL, \
                 to_regclass('_sqlx_migrations') IS NOT NULL",
     )
+    .persistent(prepared)
     .fetch_one(&mut *conn)
     .await?;
     Ok(match (own, legacy) {
@@ -84,14 +89,16 @@ async fn pg_history(conn: &mut sqlx::PgConnection) -> Result<Option<&'static str
     })
 }
 
-/// Versions applied successfully, read from wherever the history is.
-pub async fn applied_postgres(pool: &PgPool) -> Result<Vec<i64>, StoreError> {
-    let mut conn = pool.acquire().await?;
-    let Some(table) = pg_history(&mut conn).await? else {
+/// Versions applied successfully, read from wherever the history is (`/readyz` asks,
+/// over the service's pool).
+pub async fn applied_postgres(pg: &PgStore) -> Result<Vec<i64>, StoreError> {
+    let mut conn = pg.pool.acquire().await?;
+    let Some(table) = pg_history(&mut conn, pg.prepared).await? else {
         return Ok(Vec::new());
     };
     let sql = format!("SELECT version FROM {table} WHERE success ORDER BY version");
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .persistent(pg.prepared)
         .fetch_all(&mut *conn)
         .await?)
 }
@@ -131,7 +138,7 @@ pub async fn apply_postgres(pool: &PgPool) -> Result<(), StoreError> {
 /// tables into [`OWN_SCHEMA`] in ONE transaction (version 5's own statements, which sqlx
 /// then records as applied). Running services see either layout, never half of one.
 async fn move_legacy_history(conn: &mut sqlx::PgConnection) -> Result<(), StoreError> {
-    if pg_history(conn).await? != Some(LEGACY_HISTORY) {
+    if pg_history(conn, true).await? != Some(LEGACY_HISTORY) {
         return Ok(());
     }
     let own_schema = up(&POSTGRES, OWN_SCHEMA_VERSION).expect("version 5 is embedded");
@@ -217,7 +224,7 @@ pub async fn revert_postgres(
     conn.lock().await?;
     let result = async {
         let applied = {
-            let Some(table) = pg_history(&mut conn).await? else {
+            let Some(table) = pg_history(&mut conn, true).await? else {
                 return Ok::<_, StoreError>(RevertPlan {
                     versions: Vec::new(),
                     dropped_rows: Vec::new(),

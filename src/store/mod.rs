@@ -250,7 +250,7 @@ impl Store {
     /// Versions applied successfully.
     pub async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
         match self {
-            Self::Postgres(pg) => migrations::applied_postgres(&pg.pool).await,
+            Self::Postgres(pg) => migrations::applied_postgres(pg).await,
             Self::Sqlite(lite) => migrations::applied_sqlite(&lite.pool).await,
         }
     }

@@ -327,6 +327,20 @@ impl TestApp {
         status_json(req.send().await.expect("request sent")).await
     }
 
+    /// `GET /v1/users/{clerkId}`: (balance, usedGenerations, availableGenerations).
+    pub async fn credits_of(&self, clerk_id: &str) -> (i64, i64, i64) {
+        let (s, b) = self
+            .api(reqwest::Method::GET, &format!("/v1/users/{clerk_id}"), None)
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let n = |k: &str| b[k].as_i64().unwrap_or_else(|| panic!("{k} in {b}"));
+        (
+            n("balance"),
+            n("usedGenerations"),
+            n("availableGenerations"),
+        )
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.address))

@@ -42,6 +42,8 @@ async fn prepared_statements_after_a_signup(url: &str, msg_id: &str) -> i64 {
         matches!(outcome, Outcome::Processed(_) | Outcome::Ignored(_)),
         "{outcome:?}"
     );
+    // What /readyz asks: where the migration history is, and what it holds.
+    assert!(store.pending_migrations().await.unwrap().is_empty());
     let count: i64 = with_pool!(&store, |pool, p| {
         sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
             .persistent(p)

@@ -275,18 +275,7 @@ async fn prisma_client_spends_directly_and_the_ledger_stays_true() {
         "{report}"
     );
 
-    let (s, b) = app
-        .api(reqwest::Method::GET, &format!("/v1/users/{clerk_id}"), None)
-        .await;
-    assert_eq!(s, 200, "{b}");
-    assert_eq!(
-        (
-            b["balance"].as_i64(),
-            b["usedGenerations"].as_i64(),
-            b["availableGenerations"].as_i64()
-        ),
-        (Some(20), Some(5), Some(25))
-    );
+    assert_eq!(app.credits_of(clerk_id).await, (20, 5, 25));
     let rows = ledger(&app.store).await;
     let reasons: Vec<(Option<String>, Option<i32>)> =
         rows.iter().map(|t| (t.reason.clone(), t.amount)).collect();
