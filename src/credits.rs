@@ -224,6 +224,8 @@ RETURNING "id", CAST("balanceAfter" AS BIGINT)"#,
     /// instead, which fails this statement as a whole (nothing moves), and the caller runs
     /// it again to find the first result. The `UPDATE` waits for concurrent movements of
     /// this user and re-checks `allowed` on the newest row, so balances never race.
+    /// `clerk_sync.writer`, set for this statement's transaction only, tells the ledger
+    /// trigger on `"User"` (migration 6) that the ledger row is written here.
     fn movement_postgres(&self) -> String {
         format!(
             r#"
@@ -239,6 +241,7 @@ moved AS (
     UPDATE "User" SET {}, "updatedAt" = $4
     WHERE "id" = (SELECT "id" FROM usr) AND {}
       AND NOT EXISTS (SELECT 1 FROM prior)
+      AND set_config('clerk_sync.writer', 'on', true) = 'on'
     RETURNING "id", CAST("availableGenerations" - "usedGenerations" AS BIGINT) AS "balance"
 ),
 ins AS (

@@ -3,14 +3,15 @@
 -- the same transaction did not write a ledger row for gets a `direct_write` row, so that
 -- the ledger keeps adding up and says what happened.
 --
--- A change is accounted for when a ledger row of this user was written earlier in the
--- same transaction (its xmin is this transaction's id) with either "balanceAfter" equal
--- to the new balance (every row clerk-sync writes) or the change as its signed amount
--- (an app that writes its own row, then changes the columns). Rows are looked up by the
+-- clerk-sync's own credit statements mark their transaction (clerk_sync.writer) and the
+-- trigger does not run for them. Otherwise a change is accounted for when a ledger row of
+-- this user was written earlier in the same transaction (its xmin is this transaction's
+-- id) with either "balanceAfter" equal to the new balance or the change as its signed
+-- amount (an app that writes its own row, then changes the columns). Rows are looked up by the
 -- ("userId", "createdAt") index over the last day only.
 --
--- The trigger names no column (neither `UPDATE OF` nor WHEN), which would keep the app's
--- own migrations from changing these columns' types; an update that leaves the balance
+-- The trigger names no column (neither `UPDATE OF` nor in its WHEN clause), which would
+-- keep the app's own migrations from changing these columns' types; an update that leaves the balance
 -- as it was returns at once. The function lives in schema clerk_sync; it names the app's
 -- "Transaction" table by the schema it is in now, so that its plan is cached and the
 -- caller's search_path is moot.
@@ -55,8 +56,11 @@ $fn$;
 COMMENT ON FUNCTION clerk_sync.record_direct_credit_change() IS
     'clerk-sync: a direct_write ledger row for each change of a balance that its transaction wrote no ledger row for';
 
+-- clerk_sync.writer is set with set_config(..., true): for that transaction only, so it
+-- never leaks to the next client of a transaction-mode pooler.
 DROP TRIGGER IF EXISTS "User_credits_ledger" ON "User";
 CREATE TRIGGER "User_credits_ledger"
 AFTER UPDATE ON "User"
 FOR EACH ROW
+WHEN (current_setting('clerk_sync.writer', true) IS DISTINCT FROM 'on')
 EXECUTE FUNCTION clerk_sync.record_direct_credit_change();
