@@ -129,10 +129,6 @@ impl Application {
             .expect("bound listener has an address")
     }
 
-    pub fn store(&self) -> &Store {
-        &self.state.store
-    }
-
     /// Serve until `shutdown` is cancelled (or the server fails), then stop the worker.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let worker = self.worker.map(|(client, settings)| {
