@@ -9,8 +9,8 @@ use clerk_sync::telemetry::{subscriber, DEFAULT_FILTER};
 use serde_json::Value;
 use tracing_subscriber::EnvFilter;
 
-#[allow(dead_code)]
-#[path = "api/helpers.rs"]
+#[allow(dead_code, unused_imports)]
+#[path = "api/helpers/mod.rs"]
 mod helpers;
 
 use helpers::*;
