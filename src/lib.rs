@@ -6,6 +6,7 @@ pub mod dev_secret;
 pub mod diagnose;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod outbox;
 pub mod prisma_schema;
 pub mod send;

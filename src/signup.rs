@@ -29,14 +29,13 @@
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use serde_json::Value;
 use sqlx::types::Json;
 use tokio::sync::oneshot;
 use tracing::{info, instrument, warn};
 
 use crate::domain::{ClerkUserId, SvixMessageId};
+use crate::metrics::QueueMetrics;
 use crate::outbox::Job;
 use crate::store::{self, new_id, OwnTablesSql, PgStore, Store, StoreError, OWN_SCHEMA};
 use crate::webhooks::clerk_event::{parse_envelope, UserProfile};
@@ -663,24 +662,6 @@ pub struct SignupQueue {
 
 /// The most webhooks in one statement.
 const MAX_BATCH: usize = 64;
-
-/// What the queue reports on `/metrics`.
-#[derive(Debug, Clone)]
-pub struct QueueMetrics {
-    /// Webhooks waiting for a statement.
-    pub waiting: Gauge,
-    /// Webhooks per statement.
-    pub batch_size: Histogram,
-}
-
-impl Default for QueueMetrics {
-    fn default() -> Self {
-        Self {
-            waiting: Gauge::default(),
-            batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct QueueState {

@@ -10,8 +10,8 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::http::auth::ApiKeys;
-use crate::http::metrics::Metrics;
 use crate::http::{router, system_clock, AppState, Clock};
+use crate::metrics::Metrics;
 use crate::outbox::worker::{self, WorkerSettings};
 use crate::outbox::ClerkClient;
 use crate::signup::{SignupQueue, SignupSettings};

@@ -38,7 +38,7 @@ pub struct AppState {
     pub outbox_wake: Arc<Notify>,
     /// Unix seconds for the signature's timestamp check; fixed in tests of the ±5 minute rule.
     pub clock: Clock,
-    pub metrics: Arc<metrics::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub api_keys: auth::ApiKeys,
     /// The Clerk Backend API, when `CLERK_SECRET_KEY` is set (lazy provisioning).
     pub clerk: Option<crate::outbox::ClerkClient>,

@@ -8,8 +8,8 @@ use axum::Json;
 use tracing::instrument;
 
 use super::error::ApiError;
-use super::metrics::Metrics;
 use super::{AppState, ErrorBody};
+use crate::metrics::Metrics;
 use crate::signup::{self, Outcome};
 use crate::webhooks::verify::SignatureHeaders;
 

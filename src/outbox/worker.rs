@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, instrument, warn};
 
 use super::{ClerkClient, DeliveryError, Job};
-use crate::http::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::store::{self, OwnTablesSql, Store, StoreError};
 use crate::with_pool;
 
