@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::bench::Scenario;
+use crate::commands::bench::Scenario;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -11,10 +11,11 @@ use std::time::Duration;
 use clerk_sync::cli::{
     BenchArgs, Cli, Command, DatabaseArgs, DiagnoseArgs, MigrateArgs, PrismaSchemaArgs,
 };
+use clerk_sync::commands::{send, smoke};
 use clerk_sync::config::{Config, DatabaseSettings, DatabaseUrl};
 use clerk_sync::startup::Application;
 use clerk_sync::store::Store;
-use clerk_sync::{dev_secret, send, smoke, telemetry};
+use clerk_sync::{dev_secret, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -52,7 +53,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 fn prisma_schema(args: PrismaSchemaArgs) -> anyhow::Result<()> {
-    use clerk_sync::prisma_schema as ps;
+    use clerk_sync::commands::prisma_schema as ps;
     if args.migration {
         print!("{}", ps::migration());
         return Ok(());
@@ -133,7 +134,7 @@ async fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     let store = open_existing(&args.database).await?;
     let settings = DatabaseSettings::from_args(&args.database, Duration::from_secs(30))?;
     let url = settings.migration_url();
-    let target = clerk_sync::diagnose::Target {
+    let target = clerk_sync::commands::diagnose::Target {
         display: url.to_string(),
         pgbouncer: matches!(
             url,
@@ -143,7 +144,7 @@ async fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
             }
         ),
     };
-    let mut report = clerk_sync::diagnose::run(&store, &target).await;
+    let mut report = clerk_sync::commands::diagnose::run(&store, &target).await;
     print_report(&report, args.json)?;
     if args.fix {
         let fixes = report.safe_fixes();
@@ -157,11 +158,11 @@ async fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
             if !args.yes && !confirm("Apply them? [y/N] ")? {
                 anyhow::bail!("not applied");
             }
-            clerk_sync::diagnose::apply_fixes(&store, &fixes)
+            clerk_sync::commands::diagnose::apply_fixes(&store, &fixes)
                 .await
                 .context("applying fixes (nothing was changed)")?;
             eprintln!("applied; checking again");
-            report = clerk_sync::diagnose::run(&store, &target).await;
+            report = clerk_sync::commands::diagnose::run(&store, &target).await;
             print_report(&report, args.json)?;
         }
     }
@@ -171,7 +172,7 @@ async fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    use clerk_sync::bench::{self as b, Scenario};
+    use clerk_sync::commands::bench::{self as b, Scenario};
     if args.print_pgbench_script {
         print!(
             "{}",
@@ -212,7 +213,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .worker_threads(threads)
             .enable_all()
             .build()?
-            .block_on(clerk_sync::bench::run(plan))
+            .block_on(clerk_sync::commands::bench::run(plan))
     })
     .await??;
     if args.json {
@@ -230,7 +231,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_report(report: &clerk_sync::diagnose::Report, json: bool) -> anyhow::Result<()> {
+fn print_report(report: &clerk_sync::commands::diagnose::Report, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {

@@ -2,7 +2,7 @@
 //! real service and its database check sees what was written; each pgbench script is
 //! valid SQL that does what the service does.
 
-use clerk_sync::bench::{self, BenchPlan, Scenario};
+use clerk_sync::commands::bench::{self, BenchPlan, Scenario};
 use clerk_sync::config::DatabaseUrl;
 use clerk_sync::webhooks::WebhookSecret;
 use clerk_sync::with_pool;
@@ -92,7 +92,7 @@ mod pgbench_script_runs_the_signup_statements {
     async fn postgres() {
         let db = TestDb::new(Backend::Postgres).await;
         db.store().await.migrate().await.unwrap();
-        let script = clerk_sync::bench::pgbench_signup_script();
+        let script = clerk_sync::commands::bench::pgbench_signup_script();
         let sql: String = script
             .lines()
             .filter(|l| !l.starts_with('\\'))

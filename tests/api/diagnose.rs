@@ -109,7 +109,7 @@ async fn json_report_parses_and_carries_every_step(backend: Backend) {
     assert!(ok, "{report:#}");
     let steps = report["steps"].as_array().unwrap();
     let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, clerk_sync::diagnose::STEP_NAMES);
+    assert_eq!(names, clerk_sync::commands::diagnose::STEP_NAMES);
     for (i, s) in steps.iter().enumerate() {
         assert_eq!(s["number"], i + 1);
         assert_eq!(s["status"], "pass", "{s}");

@@ -134,7 +134,7 @@ pub async fn jobs(store: &Store) -> Vec<JobRow> {
 /// Per user: credits minus debits in the ledger equal `available - used` (the check
 /// `diagnose` runs).
 pub async fn assert_ledger_adds_up(store: &Store) {
-    let mismatches = clerk_sync::diagnose::ledger_mismatches(store)
+    let mismatches = clerk_sync::commands::diagnose::ledger_mismatches(store)
         .await
         .unwrap();
     assert!(
