@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands::bench::Scenario;
+use serde::Serialize;
+
+pub use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,10 +28,14 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Pretty,
-    Json,
+/// What `clerk-sync bench` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Signed `user.created` webhooks.
+    Signup,
+    /// `POST /v1/users/{id}/credits/consume` of 1 generation.
+    Consume,
 }
 
 #[derive(Debug, Subcommand)]

@@ -67,9 +67,13 @@ impl Application {
         if config.webhook_secrets.is_empty() {
             return Err(StartupError::NoSigningSecret);
         }
-        let store = Store::from_settings(&config.database)
-            .await
-            .map_err(StartupError::Database)?;
+        let store = Store::connect(
+            &config.database.url,
+            config.database.pool_max,
+            config.database.transaction_timeout,
+        )
+        .await
+        .map_err(StartupError::Database)?;
         run_migrations(config, &store).await?;
         info!(database = %config.database.url, "database connection established");
 

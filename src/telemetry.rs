@@ -6,7 +6,12 @@ use tracing::Subscriber;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
 
 pub const DEFAULT_FILTER: &str = "clerk_sync=info,tower_http=info,sqlx=warn";
 /// For one-shot commands (`diagnose`, `smoke`, `migrate`, `send`), whose output is the report.

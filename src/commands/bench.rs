@@ -24,14 +24,7 @@ use crate::store::Store;
 use crate::webhooks::{sign, WebhookSecret};
 use crate::with_pool;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scenario {
-    /// Signed `user.created` webhooks.
-    Signup,
-    /// `POST /v1/users/{id}/credits/consume` of 1 generation.
-    Consume,
-}
+pub use crate::cli::Scenario;
 
 /// Consumes per bench user: each starts with the signup bonus, so `SIGNUP_CREDITS` must be
 /// at least this for every consume to succeed.

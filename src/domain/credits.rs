@@ -1,16 +1,19 @@
 //! Values of the credits API, parsed once at the edge.
 
+/// The most generations one call may move (and `SIGNUP_CREDITS` may grant).
+pub const MAX_CREDITS: i32 = 1_000_000;
+
 /// A number of generations moved by one call: 1 ..= `MAX_CREDITS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Amount(i32);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("must be an integer between 1 and {max}", max = crate::config::MAX_CREDITS)]
+#[error("must be an integer between 1 and {max}", max = MAX_CREDITS)]
 pub struct AmountError;
 
 impl Amount {
     pub fn parse(n: i64) -> Result<Self, AmountError> {
-        if (1..=i64::from(crate::config::MAX_CREDITS)).contains(&n) {
+        if (1..=i64::from(MAX_CREDITS)).contains(&n) {
             Ok(Self(n as i32))
         } else {
             Err(AmountError)

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
-use crate::config::Redacted;
+use crate::domain::Redacted;
 
 #[derive(Clone, Default)]
 pub struct ApiKeys(Vec<[u8; 32]>);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use url::Url;
 
-use crate::config::Redacted;
+use crate::domain::Redacted;
 
 #[derive(Clone)]
 pub struct ClerkClient {

@@ -6,6 +6,7 @@
 
 mod error;
 pub mod migrations;
+mod url;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -16,8 +17,7 @@ use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
 pub use error::{connection_lost, ConstraintKind, ConstraintViolation, StoreError};
 pub use migrations::{RevertPlan, OWN_SCHEMA};
-
-use crate::config::{DatabaseSettings, DatabaseUrl};
+pub use url::DatabaseUrl;
 
 /// The tables only clerk-sync uses. On PostgreSQL they live in [`OWN_SCHEMA`]; on SQLite,
 /// one file with one schema, beside the app's tables.
@@ -200,16 +200,6 @@ impl Store {
                 Ok(Self::Sqlite(SqliteStore { pool }))
             }
         }
-    }
-
-    /// Connect using the settings' pool size and transaction timeout.
-    pub async fn from_settings(settings: &DatabaseSettings) -> Result<Self, StoreError> {
-        Self::connect(
-            &settings.url,
-            settings.pool_max,
-            settings.transaction_timeout,
-        )
-        .await
     }
 
     pub fn backend_name(&self) -> &'static str {
