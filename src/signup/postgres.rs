@@ -1,0 +1,303 @@
+//! The signup transaction on PostgreSQL as ONE statement, for a batch of webhooks.
+
+use super::*;
+use crate::store::OWN_SCHEMA;
+
+/// Steps 1–5 on PostgreSQL, as ONE statement run on its own (autocommit), for a batch of
+/// webhooks: one row per webhook in each array parameter (`$11` now, `$13` the signup
+/// credits and `$17` the job kind are shared). A lone webhook is a batch of one: one round
+/// trip per signup, which is what matters on Neon, where every round trip crosses a
+/// network. Under load [`SignupQueue`] groups concurrent webhooks into one statement, so
+/// they share a round trip and a commit.
+///
+/// Its parts all see the statement's snapshot, so every decision that must survive a
+/// concurrent writer is taken by a unique index, never by a plain read:
+/// - `sync` claims the per-user row with `INSERT … ON CONFLICT DO UPDATE … WHERE newer`,
+///   which waits for a concurrent event of the same user and then judges the latest
+///   committed row;
+/// - `ev` records the event with `ON CONFLICT ("eventId")`, so of concurrent deliveries
+///   of one message exactly one gets a row back; the others are duplicates;
+/// - `usr` inserts the user with `ON CONFLICT ("clerkId") DO UPDATE`, so a user created
+///   by a concurrent event is updated, not inserted twice; the user is new exactly when
+///   the returned id is the one we proposed, and only then are the `signup_bonus` row and
+///   the outbox job written.
+///
+/// `handled` (a delivery already handled) and `taken` (the email address belongs to
+/// another Clerk user) are plain reads: they only keep a message that will change nothing
+/// from claiming the per-user row. They are scalar subqueries, not `EXISTS`, so that the
+/// planner always looks them up by index: on a new database's empty tables it would plan
+/// an `EXISTS` as one scan of the whole table, and keep that plan as the table grows.
+///
+/// Rows of one batch must not share a `svix-id`, a Clerk user or an email address
+/// ([`SignupRow::conflicts_with`]): within one statement they could not see each other.
+/// Rows are written in Clerk id order, so two statements lock rows in the same order.
+/// Any write that fails (a constraint, a missing table) fails the whole statement, and
+/// nothing is written.
+///
+/// Returns a row per webhook that is not a duplicate: its `svix-id`, the event's status
+/// and reason, and whether the user was created.
+static PG_SIGNUP: LazyLock<String> = LazyLock::new(|| {
+    for reason in [EMAIL_TAKEN, REASON_DELETED, REASON_STALE] {
+        assert!(
+            !reason.contains('\''),
+            "reasons are inlined as SQL literals"
+        );
+    }
+    format!(
+        r#"
+WITH input AS (
+    SELECT i.*,
+           COALESCE((SELECT w."status" <> 'failed' FROM "WebhookEvent" w
+                     WHERE w."eventId" = i."eventId"), false) AS "handled",
+           COALESCE((SELECT u."clerkId" <> i."clerkId" FROM "User" u
+                     WHERE u."email" = i."email"), false) AS "taken"
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
+                $7::text[], $8::text[], $9::text[], $10::text[], $12::text[], $14::text[],
+                $15::text[], $16::text[], $18::text[])
+        AS i("rowId", "eventId", "eventType", "payload", "clerkId", "clerkUpdatedAt",
+             "email", "photo", "firstName", "lastName", "userId", "bonusId",
+             "signupKey", "jobId", "jobPayload")
+),
+sync AS (
+    INSERT INTO {OWN_SCHEMA}."ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
+    SELECT i."clerkId", i."clerkUpdatedAt", NULL FROM input i
+    WHERE NOT i."handled" AND NOT i."taken"
+    ORDER BY i."clerkId"
+    {USER_SYNC_CONFLICT}
+    RETURNING "clerkId"
+),
+verdict AS (
+    SELECT i.*,
+           CASE WHEN s."clerkId" IS NOT NULL THEN 'processed'
+                WHEN i."taken" THEN 'failed'
+                ELSE 'ignored' END AS "status",
+           CASE WHEN s."clerkId" IS NOT NULL THEN NULL
+                WHEN i."taken" THEN '{EMAIL_TAKEN}'
+                WHEN (SELECT c."deletedAt" IS NOT NULL FROM {OWN_SCHEMA}."ClerkUserSync" c
+                      WHERE c."clerkId" = i."clerkId") THEN '{REASON_DELETED}'
+                ELSE '{REASON_STALE}' END AS "error"
+    FROM input i LEFT JOIN sync s ON s."clerkId" = i."clerkId"
+),
+ev AS (
+    INSERT INTO "WebhookEvent"
+        ("id", "eventId", "eventType", "processed", "processedAt", "createdAt", "status",
+         "error", "payload", "clerkId")
+    SELECT v."rowId", v."eventId", v."eventType", v."status" <> 'failed',
+           CASE WHEN v."status" <> 'failed' THEN $11 END, $11, v."status", v."error",
+           v."payload"::jsonb, v."clerkId"
+    FROM verdict v
+    ORDER BY v."clerkId"
+    {EVENT_ID_CONFLICT}
+    RETURNING "eventId", "status", "error"
+),
+usr AS (
+    INSERT INTO "User"
+        ("id", "clerkId", "email", "photo", "firstName", "lastName",
+         "usedGenerations", "availableGenerations", "createdAt", "updatedAt")
+    SELECT i."userId", i."clerkId", i."email", i."photo", i."firstName", i."lastName",
+           0, $13, $11, $11
+    FROM input i JOIN ev ON ev."eventId" = i."eventId"
+    WHERE ev."status" = 'processed'
+    ORDER BY i."clerkId"
+    ON CONFLICT ("clerkId") DO UPDATE SET
+        "email" = excluded."email", "photo" = excluded."photo",
+        "firstName" = excluded."firstName", "lastName" = excluded."lastName",
+        "updatedAt" = excluded."updatedAt"
+    RETURNING "id"
+),
+bonus AS (
+    INSERT INTO "Transaction"
+        ("id", "tracking_id", "userId", "status", "amount", "type", "description",
+         "reason", "webhookEventId", "idempotencyKey", "balanceAfter", "createdAt")
+    SELECT i."bonusId", i."clerkId", usr."id", 'completed', $13, 'credit', 'Signup bonus',
+           'signup_bonus', i."eventId", i."signupKey", $13, $11
+    FROM usr JOIN input i ON i."userId" = usr."id"
+    WHERE $13 > 0
+),
+job AS (
+    INSERT INTO {OWN_SCHEMA}."OutboxJob"
+        ("id", "kind", "payload", "status", "attempts", "nextAttemptAt", "createdAt", "updatedAt")
+    SELECT i."jobId", $17, i."jobPayload"::jsonb, 'pending', 0, $11, $11, $11
+    FROM usr JOIN input i ON i."userId" = usr."id"
+)
+SELECT ev."eventId", ev."status", ev."error",
+       EXISTS (SELECT 1 FROM usr WHERE usr."id" = i."userId")
+FROM input i JOIN ev ON ev."eventId" = i."eventId""#
+    )
+});
+
+pub(crate) fn pg_signup() -> &'static str {
+    PG_SIGNUP.as_str()
+}
+
+/// The parameters of [`PG_SIGNUP`] that hold one element per webhook; the others are
+/// shared by the batch.
+pub const PG_SIGNUP_ARRAY_PARAMS: [usize; 15] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 15, 16, 18];
+
+/// One `user.created` / `user.updated` webhook as a row of [`PG_SIGNUP`], owned so that
+/// it can wait in the [`SignupQueue`].
+#[derive(Debug)]
+pub(super) struct SignupRow {
+    pub(super) event_row_id: String,
+    pub(super) msg_id: String,
+    pub(super) event_type: String,
+    /// The event as JSON text (the column is `jsonb`).
+    pub(super) payload: Option<String>,
+    pub(super) clerk_id: String,
+    pub(super) clerk_updated_at: i64,
+    pub(super) email: String,
+    pub(super) photo: String,
+    pub(super) first_name: Option<String>,
+    pub(super) last_name: Option<String>,
+    pub(super) user_id: String,
+    pub(super) bonus_id: String,
+    pub(super) signup_key: String,
+    pub(super) job_id: String,
+    pub(super) job_kind: &'static str,
+    pub(super) job_payload: String,
+}
+
+impl SignupRow {
+    fn new(event: &EventRow<'_>, profile: &UserProfile) -> Self {
+        let clerk_id = profile.clerk_id.as_str();
+        let user_id = new_id();
+        let job = Job::UpdateClerkMetadata {
+            clerk_id: clerk_id.to_owned(),
+            user_id: user_id.clone(),
+        };
+        Self {
+            event_row_id: new_id(),
+            msg_id: event.msg_id.as_str().to_owned(),
+            event_type: event.event_type.to_owned(),
+            payload: event.payload.map(Value::to_string),
+            clerk_id: clerk_id.to_owned(),
+            clerk_updated_at: profile.clerk_updated_at,
+            email: profile.email.as_str().to_owned(),
+            photo: profile.photo.clone(),
+            first_name: profile.first_name.clone(),
+            last_name: profile.last_name.clone(),
+            user_id,
+            bonus_id: new_id(),
+            signup_key: format!("signup:{clerk_id}"),
+            job_id: new_id(),
+            job_kind: job.kind(),
+            job_payload: serde_json::to_string(&job).expect("a job serialises"),
+        }
+    }
+
+    pub(super) fn payload_bytes(&self) -> usize {
+        self.payload.as_ref().map_or(0, String::len)
+    }
+
+    /// Whether two webhooks must go to the database in different statements.
+    pub(super) fn conflicts_with(&self, other: &Self) -> bool {
+        self.clerk_id == other.clerk_id || self.msg_id == other.msg_id || self.email == other.email
+    }
+}
+
+/// What [`PG_SIGNUP`] decided for one webhook that was not a duplicate.
+#[derive(Debug)]
+pub(super) struct Applied {
+    pub(super) status: String,
+    pub(super) reason: Option<String>,
+    pub(super) created: bool,
+}
+
+/// Run [`PG_SIGNUP`] for `rows` (at least one, no two in conflict); `None` for a
+/// duplicate. A dry run rolls back.
+pub(super) async fn run_pg_signup(
+    pg: &PgStore,
+    signup_credits: i32,
+    dry_run: bool,
+    rows: &[SignupRow],
+) -> Result<Vec<Option<Applied>>, sqlx::Error> {
+    let now = store::now();
+    let query = || {
+        let texts = |f: fn(&SignupRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
+        let maybe = |f: fn(&SignupRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
+        sqlx::query_as::<_, (String, String, Option<String>, bool)>(pg_signup())
+            .bind(texts(|r| &r.event_row_id))
+            .bind(texts(|r| &r.msg_id))
+            .bind(texts(|r| &r.event_type))
+            .bind(maybe(|r| r.payload.as_deref()))
+            .bind(texts(|r| &r.clerk_id))
+            .bind(rows.iter().map(|r| r.clerk_updated_at).collect::<Vec<_>>())
+            .bind(texts(|r| &r.email))
+            .bind(texts(|r| &r.photo))
+            .bind(maybe(|r| r.first_name.as_deref()))
+            .bind(maybe(|r| r.last_name.as_deref()))
+            .bind(now)
+            .bind(texts(|r| &r.user_id))
+            .bind(signup_credits)
+            .bind(texts(|r| &r.bonus_id))
+            .bind(texts(|r| &r.signup_key))
+            .bind(texts(|r| &r.job_id))
+            .bind(rows[0].job_kind)
+            .bind(texts(|r| &r.job_payload))
+            .persistent(pg.prepared)
+    };
+    let mut found = if dry_run {
+        let mut tx = pg.pool.begin().await?;
+        let found = query().fetch_all(&mut *tx).await?;
+        tx.rollback().await?;
+        found
+    } else {
+        // One statement, idempotent by `svix-id`: safe to run again on a new connection.
+        store::retry_lost_connection(&pg.pool, || query().fetch_all(&pg.pool)).await?
+    };
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let at = found.iter().position(|f| f.0 == row.msg_id)?;
+            let (_, status, reason, created) = found.swap_remove(at);
+            Some(Applied {
+                status,
+                reason,
+                created,
+            })
+        })
+        .collect())
+}
+
+pub(super) async fn upsert_user_postgres(
+    pg: &PgStore,
+    settings: &SignupSettings,
+    queue: Option<&SignupQueue>,
+    event: &EventRow<'_>,
+    profile: &UserProfile,
+) -> Result<UpsertResult, StoreError> {
+    let row = SignupRow::new(event, profile);
+    let user_id = row.user_id.clone();
+    let applied = match queue {
+        Some(queue) if !settings.dry_run => queue.apply(row).await?,
+        _ => run_pg_signup(pg, settings.signup_credits, settings.dry_run, &[row])
+            .await?
+            .pop()
+            .flatten(),
+    };
+    let Some(Applied {
+        status,
+        reason,
+        created,
+    }) = applied
+    else {
+        return Ok(UpsertResult::Done(Outcome::Duplicate));
+    };
+    let reason = reason.unwrap_or_default();
+    let outcome = match status.as_str() {
+        STATUS_PROCESSED if created => {
+            info!(user_id = %user_id, "user created");
+            Outcome::Processed(Action::Created)
+        }
+        STATUS_PROCESSED => Outcome::Processed(Action::Updated),
+        STATUS_IGNORED => {
+            info!(reason = %reason, "event ignored");
+            Outcome::Ignored(reason)
+        }
+        _ => {
+            tracing::error!(reason = %reason, "webhook event failed permanently");
+            Outcome::Failed(reason)
+        }
+    };
+    Ok(UpsertResult::Done(outcome))
+}
