@@ -74,13 +74,45 @@ pub enum Action {
 }
 
 impl Outcome {
+    /// The answer's `status`: the event's, or `duplicate`.
     pub fn status(&self) -> &'static str {
         match self {
-            Self::Processed(_) => "processed",
+            Self::Processed(_) => EventStatus::Processed.as_str(),
             Self::Duplicate => "duplicate",
-            Self::Ignored(_) => "ignored",
-            Self::Failed(_) => "failed",
+            Self::Ignored(_) => EventStatus::Ignored.as_str(),
+            Self::Failed(_) => EventStatus::Failed.as_str(),
         }
+    }
+}
+
+/// `"WebhookEvent"."status"`, as clerk-sync writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStatus {
+    Processed,
+    Ignored,
+    /// A permanent problem with a valid signature; a redelivery claims the event again.
+    Failed,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Processed => "processed",
+            Self::Ignored => "ignored",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// A status read back from the database; any other text is an error, never a guess.
+    fn from_db(raw: &str) -> Result<Self, StoreError> {
+        [Self::Processed, Self::Ignored, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+            .ok_or_else(|| {
+                StoreError::Layout(format!(
+                    "\"WebhookEvent\".\"status\" holds {raw:?}, which this release does not write"
+                ))
+            })
     }
 }
 
@@ -93,10 +125,6 @@ impl Action {
         }
     }
 }
-
-const STATUS_PROCESSED: &str = "processed";
-const STATUS_IGNORED: &str = "ignored";
-const STATUS_FAILED: &str = "failed";
 
 /// The event-id rule, shared by every path that records an event: a repeated `svix-id`
 /// changes nothing and returns no row, unless the earlier attempt was recorded `failed`,
@@ -219,7 +247,8 @@ UPDATE "WebhookEvent" SET "payload" = NULL WHERE "clerkId" = $1 AND "payload" IS
 /// Bind the ten parameters of `INSERT_EVENT`.
 macro_rules! bind_event {
     ($query:expr, $event:expr, $status:expr, $reason:expr, $now:expr) => {{
-        let processed = $status != STATUS_FAILED;
+        let status: EventStatus = $status;
+        let processed = status != EventStatus::Failed;
         let reason: Option<&str> = $reason;
         $query
             .bind(new_id())
@@ -228,7 +257,7 @@ macro_rules! bind_event {
             .bind(processed)
             .bind(processed.then_some($now))
             .bind($now)
-            .bind($status)
+            .bind(status.as_str())
             .bind(reason)
             .bind($event.payload.map(Json))
             .bind($event.clerk_id)
@@ -277,7 +306,7 @@ async fn dispatch(
                 payload: None,
                 clerk_id: None,
             };
-            return record_only(store, settings, &event, STATUS_FAILED, e.to_string()).await;
+            return record_only(store, settings, &event, EventStatus::Failed, e.to_string()).await;
         }
     };
     let event_type: String = envelope.event_type.chars().take(100).collect();
@@ -299,7 +328,9 @@ async fn dispatch(
                 };
                 upsert_user(store, settings, queue, &event, &profile).await
             }
-            Err(e) => record_only(store, settings, &event, STATUS_FAILED, e.to_string()).await,
+            Err(e) => {
+                record_only(store, settings, &event, EventStatus::Failed, e.to_string()).await
+            }
         },
         "user.deleted" => match envelope.deleted_user() {
             Ok(clerk_id) => {
@@ -311,14 +342,16 @@ async fn dispatch(
                 };
                 delete_user(store, &event, &clerk_id, ts).await
             }
-            Err(e) => record_only(store, settings, &event, STATUS_FAILED, e.to_string()).await,
+            Err(e) => {
+                record_only(store, settings, &event, EventStatus::Failed, e.to_string()).await
+            }
         },
         _ => {
             record_only(
                 store,
                 settings,
                 &event,
-                STATUS_IGNORED,
+                EventStatus::Ignored,
                 "event type not handled".into(),
             )
             .await
@@ -349,14 +382,21 @@ async fn upsert_user(
             Ok(outcome)
         }
         Ok(UpsertResult::Refused(reason)) => {
-            record_only(store, settings, event, STATUS_FAILED, reason).await
+            record_only(store, settings, event, EventStatus::Failed, reason).await
         }
         Err(StoreError::Constraint(violation)) => {
             // The schema refused the write (e.g. a NOT NULL column without DEFAULT added by
             // another writer). Record why, and answer 5xx so Svix retries: the redelivery
             // claims the failed event again once the schema is fixed.
             warn!(reason = %violation, "user creation failed");
-            record_only(store, settings, event, STATUS_FAILED, violation.to_string()).await?;
+            record_only(
+                store,
+                settings,
+                event,
+                EventStatus::Failed,
+                violation.to_string(),
+            )
+            .await?;
             Err(StoreError::Constraint(violation))
         }
         Err(e) => {
@@ -448,7 +488,7 @@ async fn delete_user(
         let inserted: Option<String> = bind_event!(
             sqlx::query_scalar(INSERT_EVENT.as_str()),
             event,
-            STATUS_PROCESSED,
+            EventStatus::Processed,
             None,
             now
         )
@@ -487,11 +527,11 @@ async fn record_only(
     store: &Store,
     settings: &SignupSettings,
     event: &EventRow<'_>,
-    status: &'static str,
+    status: EventStatus,
     reason: String,
 ) -> Result<Outcome, StoreError> {
     let now = store::now();
-    let failed = status == STATUS_FAILED;
+    let failed = status == EventStatus::Failed;
     if settings.dry_run {
         return Ok(if failed {
             Outcome::Failed(reason)
@@ -527,3 +567,22 @@ async fn record_only(
 mod postgres;
 mod queue;
 mod stepwise;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_statuses_read_back_as_written_and_nothing_else() {
+        for s in [
+            EventStatus::Processed,
+            EventStatus::Ignored,
+            EventStatus::Failed,
+        ] {
+            assert_eq!(EventStatus::from_db(s.as_str()).unwrap(), s);
+        }
+        for unknown in ["", "Processed", "duplicate", "pending"] {
+            assert!(EventStatus::from_db(unknown).is_err(), "{unknown:?}");
+        }
+    }
+}

@@ -284,17 +284,17 @@ pub(super) async fn upsert_user_postgres(
         return Ok(UpsertResult::Done(Outcome::Duplicate));
     };
     let reason = reason.unwrap_or_default();
-    let outcome = match status.as_str() {
-        STATUS_PROCESSED if created => {
+    let outcome = match EventStatus::from_db(&status)? {
+        EventStatus::Processed if created => {
             info!(user_id = %user_id, "user created");
             Outcome::Processed(Action::Created)
         }
-        STATUS_PROCESSED => Outcome::Processed(Action::Updated),
-        STATUS_IGNORED => {
+        EventStatus::Processed => Outcome::Processed(Action::Updated),
+        EventStatus::Ignored => {
             info!(reason = %reason, "event ignored");
             Outcome::Ignored(reason)
         }
-        _ => {
+        EventStatus::Failed => {
             tracing::error!(reason = %reason, "webhook event failed permanently");
             Outcome::Failed(reason)
         }

@@ -16,7 +16,7 @@ pub(super) async fn upsert_user_stepwise(
             let inserted: Option<String> = bind_event!(
                 sqlx::query_scalar(INSERT_EVENT.as_str()),
                 event,
-                STATUS_PROCESSED,
+                EventStatus::Processed,
                 None,
                 now
             )
