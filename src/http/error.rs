@@ -10,6 +10,8 @@ use crate::credits::CreditsError;
 use crate::store::{ConstraintViolation, StoreError};
 use crate::webhooks::VerifyError;
 
+use super::ErrorBody;
+
 #[derive(thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -142,10 +144,14 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(error.code = self.code(), error.message = %self, "request refused");
         }
-        let mut body = serde_json::json!({"error": self.code(), "message": self.to_string()});
-        if let Self::Credits(CreditsError::InsufficientCredits { balance }) = &self {
-            body["balance"] = (*balance).into();
-        }
+        let body = ErrorBody {
+            error: self.code().to_owned(),
+            message: self.to_string(),
+            balance: match &self {
+                Self::Credits(CreditsError::InsufficientCredits { balance }) => Some(*balance),
+                _ => None,
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         if let Self::Unauthorized = self {
             response.headers_mut().insert(
