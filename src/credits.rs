@@ -39,12 +39,6 @@ pub enum CreditsError {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for CreditsError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
 /// How a movement changes the balance, and the ledger `reason` it records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -476,7 +470,9 @@ async fn apply_postgres(
         attempts += 1;
         // One statement, idempotent by its key: safe to run again on a new connection.
         let row: PgMovementRow =
-            store::retry_lost_connection(&pg.pool, || query().fetch_one(&pg.pool)).await?;
+            store::retry_lost_connection(&pg.pool, || query().fetch_one(&pg.pool))
+                .await
+                .map_err(StoreError::from)?;
         let (known, id, after, p_id, p_kind, p_reason, p_amount, p_after, current) = row;
         if !known {
             return Err(CreditsError::UnknownUser);
@@ -505,6 +501,19 @@ async fn apply_stepwise(
     user_id: &str,
     m: &MovementRequest<'_>,
 ) -> Result<Movement, CreditsError> {
+    let (written, earlier, current) = stepwise_tx(store, user_id, m).await?;
+    decide(m, written, earlier, current)
+}
+
+/// What the stepwise transaction found: the row it wrote, or else the earlier row of this
+/// key and the current balance.
+type StepwiseFound = (Option<(String, i32)>, Option<MovementRow>, Option<i64>);
+
+async fn stepwise_tx(
+    store: &Store,
+    user_id: &str,
+    m: &MovementRequest<'_>,
+) -> Result<StepwiseFound, StoreError> {
     let now = store::now();
     let (row, change) = if m.reason == Reason::Consume {
         (&DEBIT_ROW, &DEBIT_USER)
@@ -534,7 +543,7 @@ async fn apply_stepwise(
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            return decide(m, Some((id, balance as i32)), None, None);
+            return Ok((Some((id, balance as i32)), None, None));
         }
         // Nothing to commit: either the key was used before, or the user cannot move.
         let earlier: Option<MovementRow> = sqlx::query_as(FIND_MOVEMENT)
@@ -549,7 +558,7 @@ async fn apply_stepwise(
             .fetch_optional(&mut *tx)
             .await?;
         tx.rollback().await?;
-        decide(m, None, earlier, current)
+        Ok((None, earlier, current))
     })
 }
 
