@@ -268,8 +268,7 @@ static GRANT_POSTGRES: LazyLock<String> = LazyLock::new(|| CREDIT.movement_postg
 /// The unique index that makes an idempotency key single-use per user.
 const KEY_INDEX: &str = "Transaction_userId_idempotencyKey_key";
 
-/// The statements a consume runs on PostgreSQL, in order (one round trip each; today one
-/// statement, in autocommit). `clerk-sync bench --scenario consume
+/// The statements a consume runs on PostgreSQL, in order: one statement, in autocommit. `clerk-sync bench --scenario consume
 /// --print-pgbench-script` turns them into the pgbench peer of `bench/compare`: keep this
 /// list in step with `apply_postgres`.
 pub fn consume_statements_postgres() -> [&'static str; 1] {

@@ -478,7 +478,7 @@ pub fn pgbench_signup_script() -> String {
     let s = |v: &str| v.to_owned();
     let photo = s("'https://img.clerk.com/bench'");
     // PG_SIGNUP for a new user (event, sync row, user, bonus, job), as a batch of one: what
-    // the service sends for a webhook that finds its lane idle.
+    // the service sends for a webhook that finds the signup queue idle.
     let mut params: [Vec<String>; 1] = [vec![
         id("evt"),
         id("msg_pgb"),

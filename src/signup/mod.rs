@@ -230,9 +230,8 @@ ON CONFLICT ("clerkId") DO UPDATE
 SET "deletedAt" = COALESCE("ClerkUserSync"."deletedAt", excluded."deletedAt")"#,
 );
 
-/// The statements a `user.created` for a new user runs on PostgreSQL, in order (one round
-/// trip each; today one statement, in autocommit, with arrays of one element when the
-/// webhook goes alone). `clerk-sync bench --print-pgbench-script` turns them into the
+/// The statements a `user.created` for a new user runs on PostgreSQL, in order: one
+/// statement, in autocommit, with arrays of one element when the webhook goes alone. `clerk-sync bench --print-pgbench-script` turns them into the
 /// pgbench peer of `bench/compare`: keep this list in step with `upsert_user_postgres`.
 pub fn new_user_statements_postgres() -> [&'static str; 1] {
     [pg_signup()]

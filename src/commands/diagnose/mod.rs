@@ -49,8 +49,8 @@ pub enum FixAction {
 pub struct Fix {
     #[serde(flatten)]
     pub action: FixAction,
-    /// `--fix` applies it: it adds (defaults, indexes, tables, columns, ledger rows) and
-    /// never drops or rewrites data.
+    /// `--fix` applies it: it adds (defaults, indexes, tables, columns, migrations, the
+    /// ledger trigger) and never drops or rewrites data, nor appends ledger rows.
     pub safe: bool,
 }
 
