@@ -20,7 +20,7 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Connection, Executor};
 
-use super::{PgStore, StoreError};
+use super::{PgStore, StoreError, OWN_TABLES};
 
 /// clerk-sync's own PostgreSQL schema.
 pub const OWN_SCHEMA: &str = "clerk_sync";
@@ -93,12 +93,16 @@ async fn pg_history(
 /// over the service's pool).
 pub async fn applied_postgres(pg: &PgStore) -> Result<Vec<i64>, StoreError> {
     let mut conn = pg.pool.acquire().await?;
-    let Some(table) = pg_history(&mut conn, pg.prepared).await? else {
+    pg_applied(&mut conn, pg.prepared).await
+}
+
+async fn pg_applied(conn: &mut sqlx::PgConnection, prepared: bool) -> Result<Vec<i64>, StoreError> {
+    let Some(table) = pg_history(conn, prepared).await? else {
         return Ok(Vec::new());
     };
     let sql = format!("SELECT version FROM {table} WHERE success ORDER BY version");
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .persistent(pg.prepared)
+        .persistent(prepared)
         .fetch_all(&mut *conn)
         .await?)
 }
@@ -202,7 +206,7 @@ async fn pg_rows_dropped(
         ""
     };
     let mut out = Vec::new();
-    for table in ["ClerkUserSync", "OutboxJob"] {
+    for table in OWN_TABLES {
         let sql = format!(r#"SELECT count(*) FROM {schema}"{table}""#);
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .fetch_one(&mut *conn)
@@ -223,18 +227,7 @@ pub async fn revert_postgres(
     let mut conn = pool.acquire().await?;
     conn.lock().await?;
     let result = async {
-        let applied = {
-            let Some(table) = pg_history(&mut conn, true).await? else {
-                return Ok::<_, StoreError>(RevertPlan {
-                    versions: Vec::new(),
-                    dropped_rows: Vec::new(),
-                });
-            };
-            let sql = format!("SELECT version FROM {table} WHERE success ORDER BY version");
-            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-                .fetch_all(&mut *conn)
-                .await?
-        };
+        let applied = pg_applied(&mut conn, true).await?;
         let versions = plan(&POSTGRES, &applied, target)?;
         let dropped_rows = pg_rows_dropped(&mut conn, &versions).await?;
         refuse_silent_loss(&dropped_rows, allow_drop)?;
@@ -256,7 +249,7 @@ pub async fn revert_postgres(
             tx.commit().await?;
             tracing::info!(version, "reverted migration");
         }
-        Ok(RevertPlan {
+        Ok::<_, StoreError>(RevertPlan {
             versions,
             dropped_rows,
         })
@@ -278,7 +271,7 @@ pub async fn revert_sqlite(
     let versions = plan(&SQLITE, &applied, target)?;
     let mut dropped_rows = Vec::new();
     if versions.contains(&2) {
-        for table in ["ClerkUserSync", "OutboxJob"] {
+        for table in OWN_TABLES {
             let sql = format!(r#"SELECT count(*) FROM "{table}""#);
             let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                 .fetch_one(pool)
