@@ -94,7 +94,6 @@ impl Application {
         let signup = SignupSettings {
             signup_credits: config.signup_credits,
             transaction_timeout: config.database.transaction_timeout,
-            dry_run: false,
         };
         let metrics = Arc::new(Metrics::default());
         let signup_queue = match &store {

@@ -4,11 +4,13 @@
 mod clerk_user_id;
 mod credits;
 mod email;
+mod ledger;
 mod redacted;
 mod svix_message_id;
 
 pub use clerk_user_id::{ClerkUserId, ClerkUserIdError};
 pub use credits::{Amount, AmountError, CallerKey, CallerKeyError, MAX_CREDITS};
 pub use email::{EmailAddress, EmailError};
+pub use ledger::{CreditChange, GrantReason, LedgerReason, LedgerType};
 pub use redacted::Redacted;
 pub use svix_message_id::{SvixMessageId, SvixMessageIdError};

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use super::auth::Authenticated;
 use super::extract::ValidJson;
 use super::{ApiError, AppState, ErrorBody};
-use crate::credits::{self, Cursor, LedgerEntry, Movement, MovementRequest, Reason, UserCredits};
-use crate::domain::{Amount, CallerKey, ClerkUserId};
+use crate::credits::{self, Cursor, LedgerEntry, Movement, MovementRequest, UserCredits};
+use crate::domain::{Amount, CallerKey, ClerkUserId, CreditChange, GrantReason};
 use utoipa::ToSchema;
 
 fn clerk_id(raw: &str) -> Result<ClerkUserId, ApiError> {
@@ -48,21 +48,12 @@ pub struct ConsumeRequest {
     reference: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum GrantKind {
-    Purchase,
-    Refund,
-    Grant,
-    Adjustment,
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrantRequest {
     /// 1 to 1000000.
     amount: i64,
-    kind: GrantKind,
+    kind: GrantReason,
     idempotency_key: String,
     reference: Option<String>,
 }
@@ -87,12 +78,12 @@ fn parse(amount: i64, key: &str, reference: Option<&str>) -> Result<Parsed, ApiE
 async fn movement(
     state: &AppState,
     raw_id: &str,
-    reason: Reason,
+    change: CreditChange,
     p: Parsed,
 ) -> Result<Json<Movement>, ApiError> {
     let id = clerk_id(raw_id)?;
     let request = MovementRequest {
-        reason,
+        change,
         amount: p.amount,
         key: &p.key,
         reference: p.reference.as_ref(),
@@ -129,7 +120,7 @@ pub async fn consume(
     ValidJson(req): ValidJson<ConsumeRequest>,
 ) -> Result<Json<Movement>, ApiError> {
     let parsed = parse(req.amount, &req.idempotency_key, req.reference.as_deref())?;
-    movement(&state, &raw_id, Reason::Consume, parsed).await
+    movement(&state, &raw_id, CreditChange::Consume, parsed).await
 }
 
 /// Grant generations: raises `availableGenerations`.
@@ -151,13 +142,7 @@ pub async fn grant(
     ValidJson(req): ValidJson<GrantRequest>,
 ) -> Result<Json<Movement>, ApiError> {
     let parsed = parse(req.amount, &req.idempotency_key, req.reference.as_deref())?;
-    let reason = match req.kind {
-        GrantKind::Purchase => Reason::Purchase,
-        GrantKind::Refund => Reason::Refund,
-        GrantKind::Grant => Reason::Grant,
-        GrantKind::Adjustment => Reason::Adjustment,
-    };
-    movement(&state, &raw_id, reason, parsed).await
+    movement(&state, &raw_id, CreditChange::Grant(req.kind), parsed).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::credits::CreditsError;
+use crate::credits::{CreditsError, Refusal};
 use crate::store::{ConstraintViolation, StoreError};
 use crate::webhooks::VerifyError;
 
@@ -28,10 +28,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("`{field}` {problem}")]
     InvalidRequest { field: String, problem: String },
-    /// A business refusal of the credits API (never `CreditsError::Store`, which maps
-    /// like any other store error).
+    /// A refusal of the credits API (its store errors map like any other).
     #[error(transparent)]
-    Credits(CreditsError),
+    Credits(Refusal),
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] StoreError),
     /// The schema refused a write: named (table, column or constraint, hint), never the
@@ -75,8 +74,8 @@ impl From<StoreError> for ApiError {
 impl From<CreditsError> for ApiError {
     fn from(e: CreditsError) -> Self {
         match e {
+            CreditsError::Refused(refusal) => Self::Credits(refusal),
             CreditsError::Store(e) => e.into(),
-            e => Self::Credits(e),
         }
     }
 }
@@ -94,16 +93,15 @@ impl ApiError {
             Self::BadSignatureHeaders(_) | Self::BodyUnreadable => StatusCode::BAD_REQUEST,
             Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound | Self::Credits(CreditsError::UnknownUser) => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::Credits(Refusal::UnknownUser) => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::Credits(CreditsError::InsufficientCredits { .. }) => StatusCode::PAYMENT_REQUIRED,
-            Self::Credits(CreditsError::IdempotencyConflict) => StatusCode::CONFLICT,
-            Self::Credits(CreditsError::LimitExceeded | CreditsError::Unprovisionable(_)) => {
+            Self::Credits(Refusal::InsufficientCredits { .. }) => StatusCode::PAYMENT_REQUIRED,
+            Self::Credits(Refusal::IdempotencyConflict) => StatusCode::CONFLICT,
+            Self::Credits(Refusal::LimitExceeded | Refusal::Unprovisionable(_)) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::Credits(CreditsError::Clerk(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Credits(CreditsError::Store(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Credits(Refusal::Clerk(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) | Self::Constraint(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -122,13 +120,12 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::Unauthorized => "unauthorized",
             Self::InvalidRequest { .. } => "invalid_request",
-            Self::Credits(CreditsError::UnknownUser) => "user_not_found",
-            Self::Credits(CreditsError::InsufficientCredits { .. }) => "insufficient_credits",
-            Self::Credits(CreditsError::IdempotencyConflict) => "idempotency_conflict",
-            Self::Credits(CreditsError::LimitExceeded) => "limit_exceeded",
-            Self::Credits(CreditsError::Clerk(_)) => "clerk_unavailable",
-            Self::Credits(CreditsError::Unprovisionable(_)) => "unprovisionable_user",
-            Self::Credits(CreditsError::Store(_)) => "internal_error",
+            Self::Credits(Refusal::UnknownUser) => "user_not_found",
+            Self::Credits(Refusal::InsufficientCredits { .. }) => "insufficient_credits",
+            Self::Credits(Refusal::IdempotencyConflict) => "idempotency_conflict",
+            Self::Credits(Refusal::LimitExceeded) => "limit_exceeded",
+            Self::Credits(Refusal::Clerk(_)) => "clerk_unavailable",
+            Self::Credits(Refusal::Unprovisionable(_)) => "unprovisionable_user",
             Self::Unavailable(_) => "database_unavailable",
             Self::Constraint(_) => "constraint_violation",
             Self::Internal(_) => "internal_error",
@@ -148,7 +145,7 @@ impl IntoResponse for ApiError {
             error: self.code().to_owned(),
             message: self.to_string(),
             balance: match &self {
-                Self::Credits(CreditsError::InsufficientCredits { balance }) => Some(*balance),
+                Self::Credits(Refusal::InsufficientCredits { balance }) => Some(*balance),
                 _ => None,
             },
         };

@@ -1,7 +1,7 @@
 //! THE signup transaction. Everything that happens when Clerk tells us about a user is in
-//! this module, for both backends: the decisions and the statements they share here, and
-//! next to each other in `postgres.rs` (the ONE statement), `queue.rs` (webhooks that
-//! wait share it) and `stepwise.rs` (SQLite, and lazy provisioning).
+//! this module, for both backends: the decisions here, the statements they share in
+//! `statements.rs`, and next to each other `postgres.rs` (the ONE statement), `queue.rs`
+//! (webhooks that wait share it) and `stepwise.rs` (SQLite, and lazy provisioning).
 //!
 //! For `user.created` / `user.updated`, in ONE transaction:
 //! 1. insert the `"WebhookEvent"` row keyed by `svix-id`: no row back means the message was
@@ -28,32 +28,36 @@
 //! late `user.updated` cannot bring it back. Unknown event types are recorded as
 //! `ignored`; permanent payload problems as `failed` with their reason.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::types::Json;
 use tracing::{info, instrument, warn};
 
 use crate::domain::{ClerkUserId, SvixMessageId};
 use crate::outbox::Job;
-use crate::store::{self, new_id, OwnTablesSql, PgStore, Store, StoreError};
-use crate::webhooks::clerk_event::{parse_envelope, UserProfile};
+use crate::store::{self, new_id, Store, StoreError, StoreTx, TextEnum};
+use crate::text_enum;
+use crate::webhooks::clerk_event::{parse_envelope, EventType, UserProfile};
 use crate::webhooks::VerifiedWebhook;
 use crate::with_tx;
 
-pub(crate) use postgres::pg_signup;
 use postgres::upsert_user_postgres;
-pub use postgres::PG_SIGNUP_ARRAY_PARAMS;
+pub use postgres::{new_user_statements_postgres, PG_SIGNUP_ARRAY_PARAMS};
 pub use queue::SignupQueue;
+use statements::*;
+pub(crate) use statements::{insert_probe_user, INSERT_USER, UPDATE_USER};
 use stepwise::upsert_user_stepwise;
+
+mod postgres;
+mod queue;
+mod statements;
+mod stepwise;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SignupSettings {
     pub signup_credits: i32,
     pub transaction_timeout: Duration,
-    /// Run every statement, then roll back instead of committing (`diagnose`).
-    pub dry_run: bool,
 }
 
 /// What became of one verified webhook. Every variant is answered 200.
@@ -94,27 +98,19 @@ pub enum EventStatus {
     Failed,
 }
 
-impl EventStatus {
-    pub fn as_str(self) -> &'static str {
+impl TextEnum for EventStatus {
+    const ALL: &'static [Self] = &[Self::Processed, Self::Ignored, Self::Failed];
+    const COLUMN: &'static str = r#""WebhookEvent"."status""#;
+
+    fn as_str(self) -> &'static str {
         match self {
             Self::Processed => "processed",
             Self::Ignored => "ignored",
             Self::Failed => "failed",
         }
     }
-
-    /// A status read back from the database; any other text is an error, never a guess.
-    fn from_db(raw: &str) -> Result<Self, StoreError> {
-        [Self::Processed, Self::Ignored, Self::Failed]
-            .into_iter()
-            .find(|s| s.as_str() == raw)
-            .ok_or_else(|| {
-                StoreError::Layout(format!(
-                    "\"WebhookEvent\".\"status\" holds {raw:?}, which this release does not write"
-                ))
-            })
-    }
 }
+text_enum!(EventStatus);
 
 impl Action {
     pub fn as_str(self) -> &'static str {
@@ -126,151 +122,26 @@ impl Action {
     }
 }
 
-/// The event-id rule, shared by every path that records an event: a repeated `svix-id`
-/// changes nothing and returns no row, unless the earlier attempt was recorded `failed`,
-/// which a redelivery claims again.
-const EVENT_ID_CONFLICT: &str = r#"ON CONFLICT ("eventId") DO UPDATE SET
-    "eventType" = excluded."eventType", "processed" = excluded."processed",
-    "processedAt" = excluded."processedAt", "status" = excluded."status",
-    "error" = excluded."error", "payload" = excluded."payload", "clerkId" = excluded."clerkId"
-WHERE "WebhookEvent"."status" = 'failed'"#;
-
-static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        r#"
-INSERT INTO "WebhookEvent"
-    ("id", "eventId", "eventType", "processed", "processedAt", "createdAt", "status", "error",
-     "payload", "clerkId")
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-{EVENT_ID_CONFLICT}
-RETURNING "id""#
-    )
-});
-
-const MARK_EVENT_IGNORED: &str = r#"
-UPDATE "WebhookEvent" SET "status" = 'ignored', "error" = $2 WHERE "id" = $1"#;
-
-/// The per-user rule: an event applies only when it is newer than what was applied and
-/// the user is not deleted; the claim returns no row otherwise.
-const USER_SYNC_CONFLICT: &str = r#"ON CONFLICT ("clerkId") DO UPDATE SET "clerkUpdatedAt" = excluded."clerkUpdatedAt"
-WHERE "ClerkUserSync"."clerkUpdatedAt" < excluded."clerkUpdatedAt"
-  AND "ClerkUserSync"."deletedAt" IS NULL"#;
-
-static CLAIM_USER_SYNC: LazyLock<OwnTablesSql> = LazyLock::new(|| {
-    OwnTablesSql::new(
-        format!(
-            r#"
-INSERT INTO {{own}}"ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
-VALUES ($1, $2, NULL)
-{USER_SYNC_CONFLICT}
-RETURNING "clerkId""#
-        )
-        .leak(),
-    )
-});
-
-static USER_IS_DELETED: OwnTablesSql = OwnTablesSql::new(
-    r#"
-SELECT "deletedAt" IS NOT NULL FROM {own}"ClerkUserSync" WHERE "clerkId" = $1"#,
-);
-
-const EMAIL_OWNED_BY_OTHER: &str = r#"
-SELECT EXISTS (SELECT 1 FROM "User" WHERE "email" = $1 AND "clerkId" <> $2)"#;
-
-pub(crate) const UPDATE_USER: &str = r#"
-UPDATE "User"
-SET "email" = $2, "photo" = $3, "firstName" = $4, "lastName" = $5, "updatedAt" = $6
-WHERE "clerkId" = $1
-RETURNING "id""#;
-
-pub(crate) const INSERT_USER: &str = r#"
-INSERT INTO "User"
-    ("id", "clerkId", "email", "photo", "firstName", "lastName",
-     "usedGenerations", "availableGenerations", "createdAt", "updatedAt")
-VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $8)"#;
-
-/// The service's `INSERT_USER` for a throwaway user (`diagnose`, `smoke`): empty photo,
-/// no names. `$exec` is a pool or `&mut *tx`.
-macro_rules! insert_probe_user {
-    ($exec:expr, $p:expr, $id:expr, $clerk_id:expr, $email:expr, $credits:expr, $at:expr) => {
-        sqlx::query($crate::signup::INSERT_USER)
-            .bind($id)
-            .bind($clerk_id)
-            .bind($email)
-            .bind("")
-            .bind(None::<String>)
-            .bind(None::<String>)
-            .bind($credits)
-            .bind($at)
-            .persistent($p)
-            .execute($exec)
-    };
-}
-pub(crate) use insert_probe_user;
-
-const INSERT_SIGNUP_BONUS: &str = r#"
-INSERT INTO "Transaction"
-    ("id", "tracking_id", "userId", "status", "amount", "type", "description",
-     "reason", "webhookEventId", "idempotencyKey", "balanceAfter", "createdAt")
-VALUES ($1, $2, $3, 'completed', $4, 'credit', 'Signup bonus',
-        'signup_bonus', $5, $6, $4, $7)"#;
-
-static INSERT_OUTBOX_JOB: OwnTablesSql = OwnTablesSql::new(
-    r#"
-INSERT INTO {own}"OutboxJob"
-    ("id", "kind", "payload", "status", "attempts", "nextAttemptAt", "createdAt", "updatedAt")
-VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4)"#,
-);
-
-static TOMBSTONE_USER: OwnTablesSql = OwnTablesSql::new(
-    r#"
-INSERT INTO {own}"ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
-VALUES ($1, $2, $3)
-ON CONFLICT ("clerkId") DO UPDATE
-SET "deletedAt" = COALESCE("ClerkUserSync"."deletedAt", excluded."deletedAt")"#,
-);
-
-/// The statements a `user.created` for a new user runs on PostgreSQL, in order: one
-/// statement, in autocommit, with arrays of one element when the webhook goes alone. `clerk-sync bench --print-pgbench-script` turns them into the
-/// pgbench peer of `bench/compare`: keep this list in step with `upsert_user_postgres`.
-pub fn new_user_statements_postgres() -> [&'static str; 1] {
-    [pg_signup()]
-}
-
-const DELETE_USER: &str = r#"DELETE FROM "User" WHERE "clerkId" = $1"#;
-
-/// The stored payloads of a deleted user's events hold their email address: erase them.
-const ERASE_EVENT_PAYLOADS: &str = r#"
-UPDATE "WebhookEvent" SET "payload" = NULL WHERE "clerkId" = $1 AND "payload" IS NOT NULL"#;
-
-/// Bind the ten parameters of `INSERT_EVENT`.
-macro_rules! bind_event {
-    ($query:expr, $event:expr, $status:expr, $reason:expr, $now:expr) => {{
-        let status: EventStatus = $status;
-        let processed = status != EventStatus::Failed;
-        let reason: Option<&str> = $reason;
-        $query
-            .bind(new_id())
-            .bind($event.msg_id.as_str())
-            .bind($event.event_type)
-            .bind(processed)
-            .bind(processed.then_some($now))
-            .bind($now)
-            .bind(status.as_str())
-            .bind(reason)
-            .bind($event.payload.map(Json))
-            .bind($event.clerk_id)
-    }};
-}
+/// The longest `"eventType"` recorded; a longer unknown type is cut.
+const MAX_EVENT_TYPE_CHARS: usize = 100;
 
 /// The event row every path writes first.
 #[derive(Clone, Copy)]
 struct EventRow<'a> {
     msg_id: &'a SvixMessageId,
     event_type: &'a str,
-    payload: Option<&'a Value>,
+    /// The verified body, once it parsed as JSON: stored as received.
+    payload: Option<&'a str>,
     /// The Clerk user the event is about, once the payload names one.
     clerk_id: Option<&'a str>,
+}
+
+impl<'a> EventRow<'a> {
+    /// The payload for a `jsonb` (PostgreSQL) or text (SQLite) column, as its text.
+    fn payload_json(&self) -> Option<Json<&'a RawValue>> {
+        self.payload
+            .map(|text| Json(serde_json::from_str(text).expect("the payload parsed as JSON")))
+    }
 }
 
 /// Handle one verified webhook within `TRANSACTION_TIMEOUT_MS`.
@@ -296,7 +167,7 @@ async fn dispatch(
     hook: &VerifiedWebhook,
 ) -> Result<Outcome, StoreError> {
     let msg_id = hook.msg_id();
-    let (envelope, value) = match parse_envelope(hook.body()) {
+    let envelope = match parse_envelope(hook.body()) {
         Ok(parsed) => parsed,
         Err(e) => {
             let event = EventRow {
@@ -305,20 +176,26 @@ async fn dispatch(
                 payload: None,
                 clerk_id: None,
             };
-            return record_only(store, settings, &event, EventStatus::Failed, e.to_string()).await;
+            return record_only(store, &event, EventStatus::Failed, e.to_string()).await;
         }
     };
-    let event_type: String = envelope.event_type.chars().take(100).collect();
+    let event_type: String = envelope
+        .event_type
+        .as_str()
+        .chars()
+        .take(MAX_EVENT_TYPE_CHARS)
+        .collect();
     let span = tracing::Span::current();
     span.record("event_type", event_type.as_str());
     let event = EventRow {
         msg_id,
         event_type: &event_type,
-        payload: Some(&value),
+        // JSON is UTF-8: a body that parsed is text.
+        payload: Some(std::str::from_utf8(hook.body()).expect("JSON that parsed is UTF-8")),
         clerk_id: None,
     };
-    match event_type.as_str() {
-        "user.created" | "user.updated" => match envelope.user_profile() {
+    match envelope.event_type {
+        EventType::UserCreated | EventType::UserUpdated => match envelope.user_profile() {
             Ok(profile) => {
                 span.record("clerk_user_id", profile.clerk_id.as_str());
                 let event = EventRow {
@@ -327,11 +204,9 @@ async fn dispatch(
                 };
                 upsert_user(store, settings, queue, &event, &profile).await
             }
-            Err(e) => {
-                record_only(store, settings, &event, EventStatus::Failed, e.to_string()).await
-            }
+            Err(e) => record_only(store, &event, EventStatus::Failed, e.to_string()).await,
         },
-        "user.deleted" => match envelope.deleted_user() {
+        EventType::UserDeleted => match envelope.deleted_user() {
             Ok(clerk_id) => {
                 span.record("clerk_user_id", clerk_id.as_str());
                 let ts = envelope.timestamp.unwrap_or(hook.timestamp() * 1000);
@@ -341,14 +216,11 @@ async fn dispatch(
                 };
                 delete_user(store, &event, &clerk_id, ts).await
             }
-            Err(e) => {
-                record_only(store, settings, &event, EventStatus::Failed, e.to_string()).await
-            }
+            Err(e) => record_only(store, &event, EventStatus::Failed, e.to_string()).await,
         },
-        _ => {
+        EventType::Other(_) => {
             record_only(
                 store,
-                settings,
                 &event,
                 EventStatus::Ignored,
                 "event type not handled".into(),
@@ -361,7 +233,8 @@ async fn dispatch(
 /// What the user transaction decided.
 enum UpsertResult {
     Done(Outcome),
-    /// A permanent refusal: the transaction was rolled back; record the event as failed.
+    /// A permanent refusal: the transaction must be rolled back; the event is recorded as
+    /// failed.
     Refused(String),
 }
 
@@ -381,21 +254,14 @@ async fn upsert_user(
             Ok(outcome)
         }
         Ok(UpsertResult::Refused(reason)) => {
-            record_only(store, settings, event, EventStatus::Failed, reason).await
+            record_only(store, event, EventStatus::Failed, reason).await
         }
         Err(StoreError::Constraint(violation)) => {
             // The schema refused the write (e.g. a NOT NULL column without DEFAULT added by
             // another writer). Record why, and answer 5xx so Svix retries: the redelivery
             // claims the failed event again once the schema is fixed.
             warn!(reason = %violation, "user creation failed");
-            record_only(
-                store,
-                settings,
-                event,
-                EventStatus::Failed,
-                violation.to_string(),
-            )
-            .await?;
+            record_only(store, event, EventStatus::Failed, violation.to_string()).await?;
             Err(StoreError::Constraint(violation))
         }
         Err(e) => {
@@ -408,8 +274,9 @@ async fn upsert_user(
 /// `event` is `None` when the user is provisioned from Clerk's Backend API (a credits call
 /// that arrived before the webhook): everything else is the same transaction.
 ///
-/// PostgreSQL runs a webhook's transaction as one statement ([`PG_SIGNUP`]); SQLite, and
-/// lazy provisioning on either backend, run the same steps one statement at a time.
+/// PostgreSQL runs a webhook's transaction as one statement ([`PG_SIGNUP`]) in
+/// autocommit; SQLite, and lazy provisioning on either backend, run the same steps one
+/// statement at a time in a transaction opened and ended here.
 async fn upsert_user_tx(
     store: &Store,
     settings: &SignupSettings,
@@ -417,12 +284,63 @@ async fn upsert_user_tx(
     event: Option<&EventRow<'_>>,
     profile: &UserProfile,
 ) -> Result<UpsertResult, StoreError> {
-    match (store, event) {
-        (Store::Postgres(pg), Some(event)) => {
-            upsert_user_postgres(pg, settings, queue, event, profile).await
-        }
-        _ => upsert_user_stepwise(store, settings, event, profile).await,
+    if let (Store::Postgres(pg), Some(event)) = (store, event) {
+        return upsert_user_postgres(pg, settings.signup_credits, queue, event, profile).await;
     }
+    let mut tx = store.begin().await?;
+    let result = upsert_user_stepwise(&mut tx, settings.signup_credits, event, profile).await?;
+    match result {
+        UpsertResult::Refused(_) => tx.rollback().await?,
+        UpsertResult::Done(_) => tx.commit().await?,
+    }
+    Ok(result)
+}
+
+/// Apply one `user.created` / `user.updated` webhook inside `tx`, which the caller opened
+/// and ends: the statements [`handle`] runs for it, on this backend, without the commit.
+/// `diagnose` rehearses the signup transaction this way and rolls it back. Another event
+/// type, or a payload that does not parse, is answered without writing anything.
+pub async fn apply_in(
+    tx: &mut StoreTx,
+    signup_credits: i32,
+    hook: &VerifiedWebhook,
+) -> Result<Outcome, StoreError> {
+    let envelope = match parse_envelope(hook.body()) {
+        Ok(envelope) => envelope,
+        Err(e) => return Ok(Outcome::Failed(e.to_string())),
+    };
+    if !matches!(
+        envelope.event_type,
+        EventType::UserCreated | EventType::UserUpdated
+    ) {
+        return Ok(Outcome::Ignored(format!(
+            "{} is not applied in a transaction of the caller's",
+            envelope.event_type.as_str()
+        )));
+    }
+    let profile = match envelope.user_profile() {
+        Ok(profile) => profile,
+        Err(e) => return Ok(Outcome::Failed(e.to_string())),
+    };
+    let event = EventRow {
+        msg_id: hook.msg_id(),
+        event_type: envelope.event_type.as_str(),
+        payload: Some(std::str::from_utf8(hook.body()).expect("JSON that parsed is UTF-8")),
+        clerk_id: Some(profile.clerk_id.as_str()),
+    };
+    let result = match tx {
+        StoreTx::Postgres { tx, prepared } => {
+            postgres::upsert_user_postgres_in(tx, *prepared, signup_credits, &event, &profile)
+                .await?
+        }
+        StoreTx::Sqlite(_) => {
+            upsert_user_stepwise(tx, signup_credits, Some(&event), &profile).await?
+        }
+    };
+    Ok(match result {
+        UpsertResult::Done(outcome) => outcome,
+        UpsertResult::Refused(reason) => Outcome::Failed(reason),
+    })
 }
 
 const EMAIL_TAKEN: &str = "email address already belongs to another Clerk user";
@@ -434,18 +352,6 @@ fn ignored_reason(deleted: bool) -> &'static str {
         REASON_DELETED
     } else {
         REASON_STALE
-    }
-}
-
-/// Commit, or roll back for a dry run.
-async fn finish<DB: sqlx::Database>(
-    tx: sqlx::Transaction<'_, DB>,
-    dry_run: bool,
-) -> Result<(), sqlx::Error> {
-    if dry_run {
-        tx.rollback().await
-    } else {
-        tx.commit().await
     }
 }
 
@@ -524,20 +430,11 @@ async fn delete_user(
 /// Record an event that changes nothing else (`ignored` or `failed`), in one statement.
 async fn record_only(
     store: &Store,
-    settings: &SignupSettings,
     event: &EventRow<'_>,
     status: EventStatus,
     reason: String,
 ) -> Result<Outcome, StoreError> {
     let now = store::now();
-    let failed = status == EventStatus::Failed;
-    if settings.dry_run {
-        return Ok(if failed {
-            Outcome::Failed(reason)
-        } else {
-            Outcome::Ignored(reason)
-        });
-    }
     let inserted: Option<String> = crate::with_pool!(store, |pool, p| {
         bind_event!(
             sqlx::query_scalar(INSERT_EVENT.as_str()),
@@ -553,7 +450,7 @@ async fn record_only(
     if inserted.is_none() {
         return Ok(Outcome::Duplicate);
     }
-    if failed {
+    if status == EventStatus::Failed {
         tracing::error!(reason = %reason, "webhook event failed permanently");
         Ok(Outcome::Failed(reason))
     } else {
@@ -561,11 +458,6 @@ async fn record_only(
         Ok(Outcome::Ignored(reason))
     }
 }
-
-// Declared after the macros above, which they use.
-mod postgres;
-mod queue;
-mod stepwise;
 
 #[cfg(test)]
 mod tests {
@@ -578,10 +470,10 @@ mod tests {
             EventStatus::Ignored,
             EventStatus::Failed,
         ] {
-            assert_eq!(EventStatus::from_db(s.as_str()).unwrap(), s);
+            assert_eq!(EventStatus::parse(s.as_str()), Some(s));
         }
         for unknown in ["", "Processed", "duplicate", "pending"] {
-            assert!(EventStatus::from_db(unknown).is_err(), "{unknown:?}");
+            assert_eq!(EventStatus::parse(unknown), None, "{unknown:?}");
         }
     }
 }

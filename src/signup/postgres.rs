@@ -1,7 +1,15 @@
 //! The signup transaction on PostgreSQL as ONE statement, for a batch of webhooks.
 
+use std::sync::LazyLock;
+
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
+use sqlx::{PgConnection, Postgres};
+
 use super::*;
-use crate::store::OWN_SCHEMA;
+use crate::domain::{LedgerReason, LedgerType};
+use crate::store::tables::{CLERK_USER_SYNC, OUTBOX_JOB, TRANSACTION, USER, WEBHOOK_EVENT};
+use crate::store::{PgStore, OWN_SCHEMA};
 
 /// Steps 1–5 on PostgreSQL, as ONE statement run on its own (autocommit), for a batch of
 /// webhooks: one row per webhook in each array parameter (`$11` now, `$13` the signup
@@ -35,7 +43,7 @@ use crate::store::OWN_SCHEMA;
 /// nothing is written.
 ///
 /// Returns a row per webhook that is not a duplicate: its `svix-id`, the event's status
-/// and reason, and whether the user was created.
+/// and reason, and whether the user was created ([`Applied`]).
 static PG_SIGNUP: LazyLock<String> = LazyLock::new(|| {
     for reason in [EMAIL_TAKEN, REASON_DELETED, REASON_STALE] {
         assert!(
@@ -43,11 +51,20 @@ static PG_SIGNUP: LazyLock<String> = LazyLock::new(|| {
             "reasons are inlined as SQL literals"
         );
     }
+    let [processed, ignored, failed] = [
+        EventStatus::Processed,
+        EventStatus::Ignored,
+        EventStatus::Failed,
+    ]
+    .map(TextEnum::as_str);
+    let credit = LedgerType::Credit.as_str();
+    let signup_bonus = LedgerReason::SignupBonus.as_str();
+    let event_id_conflict = &*EVENT_ID_CONFLICT;
     format!(
         r#"
 WITH input AS (
     SELECT i.*,
-           COALESCE((SELECT w."status" <> 'failed' FROM "WebhookEvent" w
+           COALESCE((SELECT w."status" <> '{failed}' FROM "WebhookEvent" w
                      WHERE w."eventId" = i."eventId"), false) AS "handled",
            COALESCE((SELECT u."clerkId" <> i."clerkId" FROM "User" u
                      WHERE u."email" = i."email"), false) AS "taken"
@@ -59,7 +76,7 @@ WITH input AS (
              "signupKey", "jobId", "jobPayload")
 ),
 sync AS (
-    INSERT INTO {OWN_SCHEMA}."ClerkUserSync" ("clerkId", "clerkUpdatedAt", "deletedAt")
+    INSERT INTO {OWN_SCHEMA}."ClerkUserSync" ({CLERK_USER_SYNC})
     SELECT i."clerkId", i."clerkUpdatedAt", NULL FROM input i
     WHERE NOT i."handled" AND NOT i."taken"
     ORDER BY i."clerkId"
@@ -68,9 +85,9 @@ sync AS (
 ),
 verdict AS (
     SELECT i.*,
-           CASE WHEN s."clerkId" IS NOT NULL THEN 'processed'
-                WHEN i."taken" THEN 'failed'
-                ELSE 'ignored' END AS "status",
+           CASE WHEN s."clerkId" IS NOT NULL THEN '{processed}'
+                WHEN i."taken" THEN '{failed}'
+                ELSE '{ignored}' END AS "status",
            CASE WHEN s."clerkId" IS NOT NULL THEN NULL
                 WHEN i."taken" THEN '{EMAIL_TAKEN}'
                 WHEN (SELECT c."deletedAt" IS NOT NULL FROM {OWN_SCHEMA}."ClerkUserSync" c
@@ -79,25 +96,21 @@ verdict AS (
     FROM input i LEFT JOIN sync s ON s."clerkId" = i."clerkId"
 ),
 ev AS (
-    INSERT INTO "WebhookEvent"
-        ("id", "eventId", "eventType", "processed", "processedAt", "createdAt", "status",
-         "error", "payload", "clerkId")
-    SELECT v."rowId", v."eventId", v."eventType", v."status" <> 'failed',
-           CASE WHEN v."status" <> 'failed' THEN $11 END, $11, v."status", v."error",
+    INSERT INTO "WebhookEvent" ({WEBHOOK_EVENT})
+    SELECT v."rowId", v."eventId", v."eventType", v."status" <> '{failed}',
+           CASE WHEN v."status" <> '{failed}' THEN $11 END, $11, v."status", v."error",
            v."payload"::jsonb, v."clerkId"
     FROM verdict v
     ORDER BY v."clerkId"
-    {EVENT_ID_CONFLICT}
+    {event_id_conflict}
     RETURNING "eventId", "status", "error"
 ),
 usr AS (
-    INSERT INTO "User"
-        ("id", "clerkId", "email", "photo", "firstName", "lastName",
-         "usedGenerations", "availableGenerations", "createdAt", "updatedAt")
+    INSERT INTO "User" ({USER})
     SELECT i."userId", i."clerkId", i."email", i."photo", i."firstName", i."lastName",
            0, $13, $11, $11
     FROM input i JOIN ev ON ev."eventId" = i."eventId"
-    WHERE ev."status" = 'processed'
+    WHERE ev."status" = '{processed}'
     ORDER BY i."clerkId"
     ON CONFLICT ("clerkId") DO UPDATE SET
         "email" = excluded."email", "photo" = excluded."photo",
@@ -106,28 +119,29 @@ usr AS (
     RETURNING "id"
 ),
 bonus AS (
-    INSERT INTO "Transaction"
-        ("id", "tracking_id", "userId", "status", "amount", "type", "description",
-         "reason", "webhookEventId", "idempotencyKey", "balanceAfter", "createdAt")
-    SELECT i."bonusId", i."clerkId", usr."id", 'completed', $13, 'credit', 'Signup bonus',
-           'signup_bonus', i."eventId", i."signupKey", $13, $11
+    INSERT INTO "Transaction" ({TRANSACTION})
+    SELECT i."bonusId", i."clerkId", usr."id", 'completed', $13, '{credit}', 'Signup bonus',
+           '{signup_bonus}', i."eventId", i."signupKey", $13, $11
     FROM usr JOIN input i ON i."userId" = usr."id"
     WHERE $13 > 0
 ),
 job AS (
-    INSERT INTO {OWN_SCHEMA}."OutboxJob"
-        ("id", "kind", "payload", "status", "attempts", "nextAttemptAt", "createdAt", "updatedAt")
+    INSERT INTO {OWN_SCHEMA}."OutboxJob" ({OUTBOX_JOB})
     SELECT i."jobId", $17, i."jobPayload"::jsonb, 'pending', 0, $11, $11, $11
     FROM usr JOIN input i ON i."userId" = usr."id"
 )
 SELECT ev."eventId", ev."status", ev."error",
-       EXISTS (SELECT 1 FROM usr WHERE usr."id" = i."userId")
+       EXISTS (SELECT 1 FROM usr WHERE usr."id" = i."userId") AS "created"
 FROM input i JOIN ev ON ev."eventId" = i."eventId""#
     )
 });
 
-pub(crate) fn pg_signup() -> &'static str {
-    PG_SIGNUP.as_str()
+/// The statements a `user.created` for a new user runs on PostgreSQL, in order: one
+/// statement, in autocommit, with arrays of one element when the webhook goes alone.
+/// `clerk-sync bench --print-pgbench-script` turns them into the pgbench peer of
+/// `bench/compare`: keep this list in step with `upsert_user_postgres`.
+pub fn new_user_statements_postgres() -> [&'static str; 1] {
+    [PG_SIGNUP.as_str()]
 }
 
 /// The parameters of [`PG_SIGNUP`] that hold one element per webhook; the others are
@@ -169,7 +183,7 @@ impl SignupRow {
             event_row_id: new_id(),
             msg_id: event.msg_id.as_str().to_owned(),
             event_type: event.event_type.to_owned(),
-            payload: event.payload.map(Value::to_string),
+            payload: event.payload.map(str::to_owned),
             clerk_id: clerk_id.to_owned(),
             clerk_updated_at: profile.clerk_updated_at,
             email: profile.email.as_str().to_owned(),
@@ -178,7 +192,7 @@ impl SignupRow {
             last_name: profile.last_name.clone(),
             user_id,
             bonus_id: new_id(),
-            signup_key: format!("signup:{clerk_id}"),
+            signup_key: signup_key(clerk_id),
             job_id: new_id(),
             job_kind: job.kind(),
             job_payload: serde_json::to_string(&job).expect("a job serialises"),
@@ -196,72 +210,77 @@ impl SignupRow {
 }
 
 /// What [`PG_SIGNUP`] decided for one webhook that was not a duplicate.
-#[derive(Debug)]
+#[derive(Debug, sqlx::FromRow)]
 pub(super) struct Applied {
-    pub(super) status: String,
-    pub(super) reason: Option<String>,
-    pub(super) created: bool,
+    #[sqlx(rename = "eventId")]
+    msg_id: String,
+    status: EventStatus,
+    #[sqlx(rename = "error")]
+    reason: Option<String>,
+    created: bool,
 }
 
-/// Run [`PG_SIGNUP`] for `rows` (at least one, no two in conflict); `None` for a
-/// duplicate. A dry run rolls back.
+/// [`PG_SIGNUP`] with its parameters bound for `rows` (at least one, no two in conflict).
+fn pg_signup_query(
+    rows: &[SignupRow],
+    signup_credits: i32,
+    now: chrono::NaiveDateTime,
+    prepared: bool,
+) -> QueryAs<'_, Postgres, Applied, PgArguments> {
+    let texts = |f: fn(&SignupRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
+    let maybe = |f: fn(&SignupRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
+    sqlx::query_as(PG_SIGNUP.as_str())
+        .bind(texts(|r| &r.event_row_id))
+        .bind(texts(|r| &r.msg_id))
+        .bind(texts(|r| &r.event_type))
+        .bind(maybe(|r| r.payload.as_deref()))
+        .bind(texts(|r| &r.clerk_id))
+        .bind(rows.iter().map(|r| r.clerk_updated_at).collect::<Vec<_>>())
+        .bind(texts(|r| &r.email))
+        .bind(texts(|r| &r.photo))
+        .bind(maybe(|r| r.first_name.as_deref()))
+        .bind(maybe(|r| r.last_name.as_deref()))
+        .bind(now)
+        .bind(texts(|r| &r.user_id))
+        .bind(signup_credits)
+        .bind(texts(|r| &r.bonus_id))
+        .bind(texts(|r| &r.signup_key))
+        .bind(texts(|r| &r.job_id))
+        .bind(rows[0].job_kind)
+        .bind(texts(|r| &r.job_payload))
+        .persistent(prepared)
+}
+
+/// Each row's result, in the order of `rows`; `None` for a duplicate.
+fn per_row(rows: &[SignupRow], mut found: Vec<Applied>) -> Vec<Option<Applied>> {
+    rows.iter()
+        .map(|row| {
+            let at = found.iter().position(|f| f.msg_id == row.msg_id)?;
+            Some(found.swap_remove(at))
+        })
+        .collect()
+}
+
+/// Run [`PG_SIGNUP`] for `rows` (at least one, no two in conflict) in autocommit.
 pub(super) async fn run_pg_signup(
     pg: &PgStore,
     signup_credits: i32,
-    dry_run: bool,
     rows: &[SignupRow],
 ) -> Result<Vec<Option<Applied>>, sqlx::Error> {
     let now = store::now();
-    let query = || {
-        let texts = |f: fn(&SignupRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
-        let maybe = |f: fn(&SignupRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
-        sqlx::query_as::<_, (String, String, Option<String>, bool)>(pg_signup())
-            .bind(texts(|r| &r.event_row_id))
-            .bind(texts(|r| &r.msg_id))
-            .bind(texts(|r| &r.event_type))
-            .bind(maybe(|r| r.payload.as_deref()))
-            .bind(texts(|r| &r.clerk_id))
-            .bind(rows.iter().map(|r| r.clerk_updated_at).collect::<Vec<_>>())
-            .bind(texts(|r| &r.email))
-            .bind(texts(|r| &r.photo))
-            .bind(maybe(|r| r.first_name.as_deref()))
-            .bind(maybe(|r| r.last_name.as_deref()))
-            .bind(now)
-            .bind(texts(|r| &r.user_id))
-            .bind(signup_credits)
-            .bind(texts(|r| &r.bonus_id))
-            .bind(texts(|r| &r.signup_key))
-            .bind(texts(|r| &r.job_id))
-            .bind(rows[0].job_kind)
-            .bind(texts(|r| &r.job_payload))
-            .persistent(pg.prepared)
-    };
-    let mut found = if dry_run {
-        let mut tx = pg.pool.begin().await?;
-        let found = query().fetch_all(&mut *tx).await?;
-        tx.rollback().await?;
-        found
-    } else {
-        // One statement, idempotent by `svix-id`: safe to run again on a new connection.
-        store::retry_lost_connection(&pg.pool, || query().fetch_all(&pg.pool)).await?
-    };
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let at = found.iter().position(|f| f.0 == row.msg_id)?;
-            let (_, status, reason, created) = found.swap_remove(at);
-            Some(Applied {
-                status,
-                reason,
-                created,
-            })
-        })
-        .collect())
+    // One statement, idempotent by `svix-id`: safe to run again on a new connection.
+    let found = store::retry_lost_connection(&pg.pool, || {
+        pg_signup_query(rows, signup_credits, now, pg.prepared).fetch_all(&pg.pool)
+    })
+    .await?;
+    Ok(per_row(rows, found))
 }
 
+/// One webhook's transaction on PostgreSQL: the [`SignupQueue`] when there is one, else
+/// [`PG_SIGNUP`] alone.
 pub(super) async fn upsert_user_postgres(
     pg: &PgStore,
-    settings: &SignupSettings,
+    signup_credits: i32,
     queue: Option<&SignupQueue>,
     event: &EventRow<'_>,
     profile: &UserProfile,
@@ -269,22 +288,43 @@ pub(super) async fn upsert_user_postgres(
     let row = SignupRow::new(event, profile);
     let user_id = row.user_id.clone();
     let applied = match queue {
-        Some(queue) if !settings.dry_run => queue.apply(row).await?,
-        _ => run_pg_signup(pg, settings.signup_credits, settings.dry_run, &[row])
+        Some(queue) => queue.apply(row).await?,
+        None => run_pg_signup(pg, signup_credits, std::slice::from_ref(&row))
             .await?
             .pop()
             .flatten(),
     };
+    Ok(UpsertResult::Done(outcome(applied, &user_id)))
+}
+
+/// The same statement inside the caller's transaction (see [`super::apply_in`]).
+pub(super) async fn upsert_user_postgres_in(
+    conn: &mut PgConnection,
+    prepared: bool,
+    signup_credits: i32,
+    event: &EventRow<'_>,
+    profile: &UserProfile,
+) -> Result<UpsertResult, StoreError> {
+    let rows = [SignupRow::new(event, profile)];
+    let found = pg_signup_query(&rows, signup_credits, store::now(), prepared)
+        .fetch_all(conn)
+        .await?;
+    let applied = per_row(&rows, found).pop().flatten();
+    Ok(UpsertResult::Done(outcome(applied, &rows[0].user_id)))
+}
+
+fn outcome(applied: Option<Applied>, user_id: &str) -> Outcome {
     let Some(Applied {
         status,
         reason,
         created,
+        ..
     }) = applied
     else {
-        return Ok(UpsertResult::Done(Outcome::Duplicate));
+        return Outcome::Duplicate;
     };
     let reason = reason.unwrap_or_default();
-    let outcome = match EventStatus::from_db(&status)? {
+    match status {
         EventStatus::Processed if created => {
             info!(user_id = %user_id, "user created");
             Outcome::Processed(Action::Created)
@@ -298,6 +338,5 @@ pub(super) async fn upsert_user_postgres(
             tracing::error!(reason = %reason, "webhook event failed permanently");
             Outcome::Failed(reason)
         }
-    };
-    Ok(UpsertResult::Done(outcome))
+    }
 }

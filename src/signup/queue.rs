@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use crate::metrics::QueueMetrics;
+use crate::store::PgStore;
 
 use super::postgres::{run_pg_signup, Applied, SignupRow};
 use super::*;
@@ -119,7 +120,7 @@ impl SignupQueue {
     /// waiting: during an outage every attempt waits out the pool's timeout, and the
     /// queue must not spend that on answers nobody reads.
     async fn run_batch(&self, rows: &[SignupRow], replies: Vec<Reply>) {
-        let applied = run_pg_signup(&self.pg, self.signup_credits, false, rows).await;
+        let applied = run_pg_signup(&self.pg, self.signup_credits, rows).await;
         match applied {
             Ok(applied) => {
                 for (reply, applied) in replies.into_iter().zip(applied) {
@@ -139,7 +140,7 @@ impl SignupQueue {
                         continue;
                     }
                     let alone = std::slice::from_ref(row);
-                    let result = run_pg_signup(&self.pg, self.signup_credits, false, alone).await;
+                    let result = run_pg_signup(&self.pg, self.signup_credits, alone).await;
                     let _ = reply.send(result.map(|mut a| a.pop().flatten()).map_err(Into::into));
                 }
             }

@@ -6,6 +6,8 @@
 
 mod error;
 pub mod migrations;
+pub mod tables;
+mod text_enum;
 mod url;
 
 use std::sync::OnceLock;
@@ -17,6 +19,7 @@ use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
 pub use error::{connection_lost, ConstraintKind, ConstraintViolation, StoreError};
 pub use migrations::{RevertPlan, OWN_SCHEMA};
+pub use text_enum::TextEnum;
 pub use url::DatabaseUrl;
 
 /// The tables only clerk-sync uses. On PostgreSQL they live in [`OWN_SCHEMA`]; on SQLite,
@@ -57,6 +60,13 @@ impl OwnTablesSql {
             Store::Sqlite(_) => self.sqlite(),
         }
     }
+
+    pub fn for_tx(&'static self, tx: &StoreTx) -> &'static str {
+        match tx {
+            StoreTx::Postgres { .. } => self.postgres(),
+            StoreTx::Sqlite(_) => self.sqlite(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +85,58 @@ pub struct SqliteStore {
 pub enum Store {
     Postgres(PgStore),
     Sqlite(SqliteStore),
+}
+
+/// A write transaction on either backend, opened by [`Store::begin`]. Whoever opens it
+/// decides its end: the service commits, `diagnose` rolls back; dropping it rolls back.
+/// Code that runs inside one is written once with [`on_tx!`](crate::on_tx).
+pub enum StoreTx {
+    Postgres {
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        /// False behind a transaction-mode pooler: every query unprepared.
+        prepared: bool,
+    },
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+impl StoreTx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres { tx, .. } => tx.commit().await?,
+            Self::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres { tx, .. } => tx.rollback().await?,
+            Self::Sqlite(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+}
+
+/// Run `$body` once per backend with `$conn` bound to the connection of a
+/// [`StoreTx`] (`&mut StoreTx`) and `$p` to whether queries may be prepared.
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, |$conn:ident, $p:ident| $body:block) => {
+        match $tx {
+            $crate::store::StoreTx::Postgres { tx, prepared } => {
+                #[allow(unused_variables)]
+                let $p = *prepared;
+                let $conn = &mut **tx;
+                $body
+            }
+            $crate::store::StoreTx::Sqlite(tx) => {
+                #[allow(unused_variables)]
+                let $p = true;
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
 }
 
 /// Open a write transaction and run `$body` with `$tx` bound to it and `$p` to whether
@@ -200,6 +262,18 @@ impl Store {
                 Ok(Self::Sqlite(SqliteStore { pool }))
             }
         }
+    }
+
+    /// Open a write transaction: PostgreSQL `BEGIN`; SQLite `BEGIN IMMEDIATE`, as
+    /// [`with_tx!`](crate::with_tx).
+    pub async fn begin(&self) -> Result<StoreTx, StoreError> {
+        Ok(match self {
+            Self::Postgres(pg) => StoreTx::Postgres {
+                tx: pg.pool.begin().await?,
+                prepared: pg.prepared,
+            },
+            Self::Sqlite(lite) => StoreTx::Sqlite(lite.pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
     }
 
     pub fn backend_name(&self) -> &'static str {

@@ -30,11 +30,54 @@ impl PayloadError {
 #[derive(Debug, Deserialize)]
 pub struct Envelope {
     #[serde(rename = "type")]
-    pub event_type: String,
+    pub event_type: EventType,
     pub data: Value,
     /// Milliseconds since the epoch, when Clerk emitted the event.
     #[serde(default)]
     pub timestamp: Option<i64>,
+}
+
+/// An event's `type`: the three the signup path handles, or another, kept as Clerk sent
+/// it (recorded as `ignored`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventType {
+    UserCreated,
+    UserUpdated,
+    UserDeleted,
+    Other(String),
+}
+
+impl EventType {
+    const HANDLED: [(Self, &'static str); 3] = [
+        (Self::UserCreated, "user.created"),
+        (Self::UserUpdated, "user.updated"),
+        (Self::UserDeleted, "user.deleted"),
+    ];
+
+    pub fn parse(raw: &str) -> Self {
+        Self::HANDLED
+            .iter()
+            .find(|(_, name)| *name == raw)
+            .map_or_else(|| Self::Other(raw.to_owned()), |(t, _)| t.clone())
+    }
+
+    /// The type as Clerk spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Other(raw) => raw,
+            handled => Self::HANDLED
+                .iter()
+                .find(|(t, _)| t == handled)
+                .map(|(_, name)| *name)
+                .expect("every handled type is listed"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|raw| Self::parse(&raw))
+    }
 }
 
 /// What Clerk tells us about a user, already checked.
@@ -96,10 +139,9 @@ fn from_value<T: serde::de::DeserializeOwned>(
 }
 
 /// Parse the body into its envelope; the first thing done after verification.
-pub fn parse_envelope(body: &[u8]) -> Result<(Envelope, Value), PayloadError> {
+pub fn parse_envelope(body: &[u8]) -> Result<Envelope, PayloadError> {
     let value: Value = serde_json::from_slice(body).map_err(|_| PayloadError::NotJson)?;
-    let envelope = from_value::<Envelope>(&value, "event")?;
-    Ok((envelope, value))
+    from_value::<Envelope>(&value, "event")
 }
 
 impl Envelope {
@@ -167,8 +209,9 @@ mod tests {
 
     #[test]
     fn parses_the_created_fixture() {
-        let (env, _) = parse_envelope(&fixture("clerk-user-created.json")).unwrap();
-        assert_eq!(env.event_type, "user.created");
+        let env = parse_envelope(&fixture("clerk-user-created.json")).unwrap();
+        assert_eq!(env.event_type, EventType::UserCreated);
+        assert_eq!(env.event_type.as_str(), "user.created");
         let p = env.user_profile().unwrap();
         assert_eq!(p.clerk_id.as_str(), "user_29w83sxmDNGwOuEthce5gg56FcC");
         assert_eq!(p.email.as_str(), "example@example.org");
@@ -180,7 +223,7 @@ mod tests {
 
     #[test]
     fn picks_the_primary_email_on_update() {
-        let (env, _) = parse_envelope(&fixture("clerk-user-updated.json")).unwrap();
+        let env = parse_envelope(&fixture("clerk-user-updated.json")).unwrap();
         let p = env.user_profile().unwrap();
         assert_eq!(p.email.as_str(), "example.new@example.org");
         assert_eq!(p.clerk_updated_at, 1654012710000);
@@ -188,17 +231,35 @@ mod tests {
 
     #[test]
     fn no_email_is_a_payload_error() {
-        let (env, _) = parse_envelope(&fixture("clerk-user-created-no-email.json")).unwrap();
+        let env = parse_envelope(&fixture("clerk-user-created-no-email.json")).unwrap();
         assert_eq!(env.user_profile().unwrap_err(), PayloadError::NoEmail);
     }
 
     #[test]
     fn deleted_fixture_names_the_user() {
-        let (env, _) = parse_envelope(&fixture("clerk-user-deleted.json")).unwrap();
+        let env = parse_envelope(&fixture("clerk-user-deleted.json")).unwrap();
         assert_eq!(
             env.deleted_user().unwrap().as_str(),
             "user_29w83sxmDNGwOuEthce5gg56FcC"
         );
+    }
+
+    #[test]
+    fn event_types_parse_to_their_variant_and_back() {
+        for raw in [
+            "user.created",
+            "user.updated",
+            "user.deleted",
+            "session.created",
+            "",
+        ] {
+            let t = EventType::parse(raw);
+            assert_eq!(t.as_str(), raw);
+            assert_eq!(
+                matches!(t, EventType::Other(_)),
+                raw.starts_with("session") || raw.is_empty()
+            );
+        }
     }
 
     #[test]
@@ -207,7 +268,7 @@ mod tests {
             parse_envelope(b"{not json").unwrap_err(),
             PayloadError::NotJson
         );
-        let (env, _) = parse_envelope(
+        let env = parse_envelope(
             br#"{"type":"user.created","data":{"id":"user_1","updated_at":"secret@example.org"}}"#,
         )
         .unwrap();

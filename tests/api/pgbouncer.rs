@@ -33,7 +33,6 @@ async fn prepared_statements_after_a_signup(url: &str, msg_id: &str) -> i64 {
     let settings = SignupSettings {
         signup_credits: 20,
         transaction_timeout: Duration::from_secs(5),
-        dry_run: false,
     };
     let outcome = signup::handle(&store, &settings, None, &hook)
         .await

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::types::chrono::NaiveDateTime;
 
-use crate::signup::{self, insert_probe_user, Outcome, SignupSettings, UPDATE_USER};
+use crate::signup::{self, insert_probe_user, Outcome, UPDATE_USER};
 use crate::store::{self, new_id, ConstraintKind, OwnTablesSql, Store, StoreError};
 use crate::webhooks::{sign, verify, WebhookSecret};
 use crate::{with_pool, with_tx};
