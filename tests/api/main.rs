@@ -4,6 +4,7 @@
 mod helpers;
 
 mod adoption;
+mod backends_agree;
 mod bench;
 mod credits;
 mod diagnose;
