@@ -20,11 +20,15 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::config::DatabaseUrl;
-use crate::store::Store;
 use crate::webhooks::{sign, WebhookSecret};
-use crate::with_pool;
 
 pub use crate::cli::Scenario;
+pub use pgbench::{
+    pgbench_consume_script, pgbench_consume_setup, pgbench_signup_script, PGBENCH_CONSUME_USERS,
+};
+
+mod pgbench;
+mod verify;
 
 /// Consumes per bench user: each starts with the signup bonus, so `SIGNUP_CREDITS` must be
 /// at least this for every consume to succeed.
@@ -313,7 +317,7 @@ pub async fn run(plan: BenchPlan) -> anyhow::Result<BenchReport> {
         .filter(|(_, s)| !(200..300).contains(s))
         .count();
     let database = match &plan.verify {
-        Some(db) => Some(verify(db, plan.scenario, &run_id, users, plan.events).await?),
+        Some(db) => Some(verify::verify(db, plan.scenario, &run_id, users, plan.events).await?),
         None => None,
     };
     Ok(BenchReport {
@@ -339,231 +343,6 @@ pub async fn run(plan: BenchPlan) -> anyhow::Result<BenchReport> {
         non_2xx,
         database,
     })
-}
-
-/// Counts for the run's users (Clerk ids `user_bench<run>x…`) and events.
-const SIGNUP_COUNTS: &str = r#"
-SELECT (SELECT COUNT(*) FROM "User" WHERE substr("clerkId", 1, length($1)) = $1),
-       (SELECT COUNT(DISTINCT "tracking_id") FROM "Transaction"
-         WHERE "reason" = 'signup_bonus' AND substr("tracking_id", 1, length($1)) = $1),
-       (SELECT COUNT(*) FROM "Transaction"
-         WHERE "reason" = 'signup_bonus' AND substr("tracking_id", 1, length($1)) = $1),
-       (SELECT COUNT(*) FROM "WebhookEvent" WHERE substr("eventId", 1, length($2)) = $2 AND "status" = 'processed')"#;
-
-const CONSUME_COUNTS: &str = r#"
-WITH bench AS (
-    SELECT "id", "availableGenerations" AS available, "usedGenerations" AS used
-    FROM "User" WHERE substr("clerkId", 1, length($1)) = $1
-),
-moves AS (
-    SELECT t."userId",
-           SUM(CASE WHEN t."reason" = 'consume' THEN 1 ELSE 0 END) AS consumes,
-           SUM(CASE WHEN t."type" = 'credit' THEN t."amount" ELSE -t."amount" END) AS net
-    FROM "Transaction" t JOIN bench b ON b."id" = t."userId"
-    GROUP BY t."userId"
-)
-SELECT (SELECT COUNT(*) FROM bench),
-       CAST((SELECT COALESCE(SUM(consumes), 0) FROM moves) AS BIGINT),
-       CAST((SELECT COALESCE(SUM(used), 0) FROM bench) AS BIGINT),
-       (SELECT COUNT(*) FROM bench b LEFT JOIN moves m ON m."userId" = b."id"
-         WHERE COALESCE(m.net, 0) <> b.available - b.used)"#;
-
-async fn verify(
-    url: &DatabaseUrl,
-    scenario: Scenario,
-    run_id: &str,
-    users: usize,
-    requests: usize,
-) -> anyhow::Result<Verification> {
-    let store = Store::connect(url, 1, Duration::from_secs(10))
-        .await
-        .context("connecting to verify")?;
-    let user_prefix = format!("user_bench{run_id}x");
-    let msg_prefix = format!("msg_bench{run_id}x");
-    let (a, b, c, d): (i64, i64, i64, i64) = with_pool!(&store, |pool, p| {
-        sqlx::query_as(match scenario {
-            Scenario::Signup => SIGNUP_COUNTS,
-            Scenario::Consume => CONSUME_COUNTS,
-        })
-        .bind(&user_prefix)
-        .bind(&msg_prefix)
-        .persistent(p)
-        .fetch_one(pool)
-        .await
-        .context("counting rows")?
-    });
-    store.close().await;
-    let (users, requests) = (users as i64, requests as i64);
-    let checks = match scenario {
-        Scenario::Signup => vec![
-            Check {
-                what: "users",
-                found: a,
-                expected: users,
-            },
-            Check {
-                what: "signup ledger rows",
-                found: c,
-                expected: users,
-            },
-            Check {
-                what: "users with a signup row",
-                found: b,
-                expected: users,
-            },
-            Check {
-                what: "processed events",
-                found: d,
-                expected: users,
-            },
-        ],
-        Scenario::Consume => vec![
-            Check {
-                what: "users",
-                found: a,
-                expected: users,
-            },
-            Check {
-                what: "consume ledger rows",
-                found: b,
-                expected: requests,
-            },
-            Check {
-                what: "used generations",
-                found: c,
-                expected: requests,
-            },
-            Check {
-                what: "users whose ledger does not add up",
-                found: d,
-                expected: 0,
-            },
-        ],
-    };
-    Ok(Verification {
-        exact: checks.iter().all(|c| c.found == c.expected),
-        checks,
-    })
-}
-
-/// Replace `$1`, `$2`, … in `sql` with pgbench expressions.
-fn substitute(sql: &str, args: &[String]) -> String {
-    let mut stmt = sql.trim().to_owned();
-    // Highest index first, so `$1` never eats the start of `$10`.
-    for (i, arg) in args.iter().enumerate().rev() {
-        stmt = stmt.replace(&format!("${}", i + 1), arg);
-    }
-    assert!(
-        !stmt.contains('$'),
-        "a parameter of a service statement has no pgbench value"
-    );
-    stmt
-}
-
-/// A pgbench script running exactly the service's signup statements for a new user
-/// (`signup::new_user_statements_postgres`), with each `$n` bound to what the service binds.
-pub fn pgbench_signup_script() -> String {
-    let (_, payload) = event("pgb", 0, chrono::Utc::now().timestamp_millis());
-    let payload = format!(
-        "'{}'",
-        String::from_utf8(payload)
-            .expect("utf-8")
-            .replace('\'', "''")
-    );
-    let job = "'{\"type\": \"update_clerk_metadata.v1\", \"clerkId\": \"user_pgb\", \"userId\": \"usr\"}'".to_owned();
-    let id = |prefix: &str| format!("'{prefix}' || CAST(:n AS text)");
-    let clerk = id("user_pgb");
-    let email = format!("{} || '@example.com'", id("pgb"));
-    let now = "LOCALTIMESTAMP".to_owned();
-    let s = |v: &str| v.to_owned();
-    let photo = s("'https://img.clerk.com/bench'");
-    // PG_SIGNUP for a new user (event, sync row, user, bonus, job), as a batch of one: what
-    // the service sends for a webhook that finds the signup queue idle.
-    let mut params: [Vec<String>; 1] = [vec![
-        id("evt"),
-        id("msg_pgb"),
-        s("'user.created'"),
-        payload,
-        clerk.clone(),
-        s("1654012591835"),
-        email,
-        photo,
-        s("'Bench'"),
-        s("'User'"),
-        now,
-        id("usr"),
-        s("20"),
-        id("txn"),
-        // pgbench reads `:name` as a variable even inside quotes: chr(58) is ':'.
-        format!("'signup' || chr(58) || {clerk}"),
-        id("job"),
-        s("'update_clerk_metadata'"),
-        job,
-    ]];
-    for i in crate::signup::PG_SIGNUP_ARRAY_PARAMS {
-        params[0][i - 1] = format!("ARRAY[{}]", params[0][i - 1]);
-    }
-    let mut script = String::from(
-        "-- Generated by `clerk-sync bench --print-pgbench-script` from signup::new_user_statements_postgres().\n\\set n random(1, 9000000000000000000)\n",
-    );
-    for (sql, args) in crate::signup::new_user_statements_postgres()
-        .iter()
-        .zip(params)
-    {
-        script.push_str(&substitute(sql, &args));
-        script.push_str(";\n");
-    }
-    script
-}
-
-/// Users the consume pgbench script spends from (`pgbench_consume_setup`).
-pub const PGBENCH_CONSUME_USERS: u32 = 10_000;
-
-/// SQL that creates the users `pgbench_consume_script` spends from: Clerk ids
-/// `user_pgbc1` … `user_pgbc10000`, each with a balance no run can exhaust.
-pub fn pgbench_consume_setup() -> String {
-    format!(
-        r#"INSERT INTO "User"
-    ("id", "clerkId", "email", "photo", "firstName", "lastName",
-     "usedGenerations", "availableGenerations", "createdAt", "updatedAt")
-SELECT 'pgbcu' || g, 'user_pgbc' || g, 'pgbc' || g || '@example.com', '', 'Bench', 'User',
-       0, 1000000000, LOCALTIMESTAMP, LOCALTIMESTAMP
-FROM generate_series(1, {PGBENCH_CONSUME_USERS}) AS g
-ON CONFLICT DO NOTHING;
-"#
-    )
-}
-
-/// A pgbench script running exactly the service's statements for one consume of 1
-/// (`credits::consume_statements_postgres`), each `$n` bound to what the service binds.
-pub fn pgbench_consume_script() -> String {
-    let key = "'pgb' || CAST(:n AS text)".to_owned();
-    let s = |v: &str| v.to_owned();
-    let params: [Vec<String>; 1] = [vec![
-        s("'user_pgbc' || CAST(:u AS text)"),
-        key.clone(),
-        s("1"),
-        s("LOCALTIMESTAMP"),
-        s("'pgbt' || CAST(:n AS text)"),
-        key,
-        s("'debit'"),
-        s("'Generations spent'"),
-        s("'consume'"),
-    ]];
-    let mut script = format!(
-        "-- Generated by `clerk-sync bench --scenario consume --print-pgbench-script` from credits::consume_statements_postgres().\n\
-         -- Needs the users of `clerk-sync bench --scenario consume --print-pgbench-setup`.\n\
-         \\set u random(1, {PGBENCH_CONSUME_USERS})\n\
-         \\set n random(1, 9000000000000000000)\n"
-    );
-    for (sql, args) in crate::credits::consume_statements_postgres()
-        .iter()
-        .zip(params)
-    {
-        script.push_str(&substitute(sql, &args));
-        script.push_str(";\n");
-    }
-    script
 }
 
 impl BenchReport {
