@@ -61,29 +61,22 @@ impl WorkerSettings {
     }
 }
 
-const CLAIM_PG: &str = r#"
-UPDATE clerk_sync."OutboxJob"
+/// Lease the next due job by moving its `nextAttemptAt` to `$2`. On PostgreSQL `FOR
+/// UPDATE SKIP LOCKED` lets replicas claim different jobs at once; SQLite has one writer at
+/// a time, so there the statement alone is the claim.
+static CLAIM: OwnTablesSql = OwnTablesSql::new(
+    r#"
+UPDATE {own}"OutboxJob"
 SET "attempts" = "attempts" + 1, "nextAttemptAt" = $2, "updatedAt" = $1
 WHERE "id" = (
-    SELECT "id" FROM clerk_sync."OutboxJob"
+    SELECT "id" FROM {own}"OutboxJob"
     WHERE "status" = 'pending' AND "nextAttemptAt" <= $1
     ORDER BY "nextAttemptAt"
     LIMIT 1
-    FOR UPDATE SKIP LOCKED
+    {skip_locked}
 )
-RETURNING "id", "payload", "attempts""#;
-
-/// SQLite has one writer at a time, so the statement alone is the claim.
-const CLAIM_SQLITE: &str = r#"
-UPDATE "OutboxJob"
-SET "attempts" = "attempts" + 1, "nextAttemptAt" = $2, "updatedAt" = $1
-WHERE "id" = (
-    SELECT "id" FROM "OutboxJob"
-    WHERE "status" = 'pending' AND "nextAttemptAt" <= $1
-    ORDER BY "nextAttemptAt"
-    LIMIT 1
-)
-RETURNING "id", "payload", "attempts""#;
+RETURNING "id", "payload", "attempts""#,
+);
 
 static MARK_DONE: OwnTablesSql = OwnTablesSql::new(
     r#"
@@ -105,23 +98,14 @@ type Claimed = (String, Json<serde_json::Value>, i32);
 async fn claim(store: &Store, lease: Duration) -> Result<Option<Claimed>, StoreError> {
     let now = store::now();
     let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
-    let row = match store {
-        Store::Postgres(pg) => {
-            sqlx::query_as::<_, Claimed>(CLAIM_PG)
-                .bind(now)
-                .bind(until)
-                .persistent(pg.prepared)
-                .fetch_optional(&pg.pool)
-                .await?
-        }
-        Store::Sqlite(lite) => {
-            sqlx::query_as::<_, Claimed>(CLAIM_SQLITE)
-                .bind(now)
-                .bind(until)
-                .fetch_optional(&lite.pool)
-                .await?
-        }
-    };
+    let row = with_pool!(store, |pool, p| {
+        sqlx::query_as::<_, Claimed>(CLAIM.for_store(store))
+            .bind(now)
+            .bind(until)
+            .persistent(p)
+            .fetch_optional(pool)
+            .await?
+    });
     Ok(row)
 }
 

@@ -26,8 +26,10 @@ pub use url::DatabaseUrl;
 /// one file with one schema, beside the app's tables.
 pub const OWN_TABLES: [&str; 2] = ["ClerkUserSync", "OutboxJob"];
 
-/// SQL text that names clerk-sync's own tables as `{own}"OutboxJob"`: `{own}` becomes
-/// `clerk_sync.` on PostgreSQL and nothing on SQLite. Declared as a `static`, so each
+/// SQL text written once for both backends where they differ only in naming: `{own}`
+/// (clerk-sync's own tables, `{own}"OutboxJob"`) becomes `clerk_sync.` on PostgreSQL and
+/// nothing on SQLite; `{skip_locked}` becomes `FOR UPDATE SKIP LOCKED` on PostgreSQL and
+/// nothing on SQLite, which has one writer at a time. Declared as a `static`, so each
 /// backend's text is built once and lives as long as the program (sqlx wants `'static`).
 pub struct OwnTablesSql {
     template: &'static str,
@@ -45,13 +47,19 @@ impl OwnTablesSql {
     }
 
     pub fn postgres(&'static self) -> &'static str {
-        self.postgres
-            .get_or_init(|| self.template.replace("{own}", "clerk_sync."))
+        self.postgres.get_or_init(|| {
+            self.template
+                .replace("{own}", "clerk_sync.")
+                .replace("{skip_locked}", "FOR UPDATE SKIP LOCKED")
+        })
     }
 
     pub fn sqlite(&'static self) -> &'static str {
-        self.sqlite
-            .get_or_init(|| self.template.replace("{own}", ""))
+        self.sqlite.get_or_init(|| {
+            self.template
+                .replace("{own}", "")
+                .replace("{skip_locked}", "")
+        })
     }
 
     pub fn for_store(&'static self, store: &Store) -> &'static str {
