@@ -1,21 +1,29 @@
 //! clerk-sync: the service that owns a Next.js + Clerk + Prisma product's signup write
 //! path, and the commands around it.
 //!
-//! The service, top to bottom (a module uses those below it):
+//! The service, top to bottom (a module uses those below it, never those above):
 //!
-//! - `startup`: one process, the HTTP server and the outbox worker, supervised.
-//! - `http/`: thin handlers, the router and its OpenAPI document, one `ApiError`.
-//! - `signup`, `credits`, `outbox/`: the use cases: the signup transaction, credit
-//!   movements, delivering the Clerk metadata update after commit.
-//! - `webhooks/`, `domain/`: Svix verification, Clerk payloads, types that parse.
-//! - `store/`: the two pools, error classification, migrations.
+//! ```text
+//! startup            one process: the HTTP server and the outbox worker, supervised
+//! http/              thin handlers, router + OpenAPI, one ApiError, one ErrorBody
+//! signup/ credits/   the use cases, each transaction in one place:
+//!   outbox/            mod.rs decides; postgres.rs is the ONE statement; stepwise.rs the
+//!                      same steps one at a time (SQLite); statements.rs the shared SQL
+//! webhooks/ domain/  Svix verification, Clerk payloads, types that parse (ledger enums)
+//! store/             the pools, StoreTx, error classification, migrations, and
+//!                    tables.rs (each written table's column list, once), TextEnum
+//! ```
 //!
 //! Beside every layer: `metrics` (counted into from anywhere), `telemetry`, `config` and
 //! `cli` (settings parsed once), `dev_secret`.
 //!
 //! `commands/` holds the tools for the people who run the service (`diagnose`, `smoke`,
 //! `send`, `bench`, `prisma-schema`). They use the service's layers; the service never
-//! uses them.
+//! uses them. A tool that needs a transaction the service would commit opens it itself
+//! (`Store::begin`) and rolls it back: `diagnose` rehearses the signup that way.
+//!
+//! Where a decision is taken twice (PostgreSQL in SQL, SQLite in Rust),
+//! `tests/api/backends_agree` runs one sequence through both and compares every row.
 
 pub mod cli;
 pub mod commands;
