@@ -7,6 +7,7 @@ mod email;
 mod ledger;
 mod redacted;
 mod svix_message_id;
+pub mod text;
 
 pub use clerk_user_id::{ClerkUserId, ClerkUserIdError};
 pub use credits::{Amount, AmountError, CallerKey, CallerKeyError, MAX_CREDITS};

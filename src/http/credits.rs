@@ -110,6 +110,7 @@ async fn movement(
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 402, body = ErrorBody, description = "Not enough credits; `balance` holds the current balance"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "Idempotency key reused for a different request"),
+        (status = 415, body = ErrorBody, description = "The body is not `application/json`"),
         (status = 503, body = ErrorBody),
     )
 )]
@@ -132,7 +133,8 @@ pub async fn consume(
     responses(
         (status = 200, body = Movement, description = "Granted, or the first result of this idempotency key"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody),
     )
 )]
 pub async fn grant(

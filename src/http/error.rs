@@ -24,6 +24,8 @@ pub enum ApiError {
     BodyUnreadable,
     #[error("no such route")]
     NotFound,
+    #[error("the body must be JSON: send `Content-Type: application/json`")]
+    UnsupportedMediaType,
     #[error("a valid `Authorization: Bearer <key>` header is required")]
     Unauthorized,
     #[error("`{field}` {problem}")]
@@ -93,6 +95,7 @@ impl ApiError {
             Self::BadSignatureHeaders(_) | Self::BodyUnreadable => StatusCode::BAD_REQUEST,
             Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound | Self::Credits(Refusal::UnknownUser) => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
@@ -116,6 +119,7 @@ impl ApiError {
             }
             Self::InvalidSignature(_) => "invalid_signature",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BodyUnreadable => "body_unreadable",
             Self::NotFound => "not_found",
             Self::Unauthorized => "unauthorized",

@@ -28,12 +28,14 @@
 //! late `user.updated` cannot bring it back. Unknown event types are recorded as
 //! `ignored`; permanent payload problems as `failed` with their reason.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
 use sqlx::types::Json;
 use tracing::{info, instrument, warn};
 
+use crate::domain::text::{storable_json, storable_owned};
 use crate::domain::{ClerkUserId, SvixMessageId};
 use crate::outbox::Job;
 use crate::store::{self, new_id, Store, StoreError, StoreTx, TextEnum};
@@ -144,6 +146,23 @@ impl<'a> EventRow<'a> {
     }
 }
 
+/// The event type as recorded: at most `MAX_EVENT_TYPE_CHARS`, storable on both backends.
+fn recorded_type(event_type: &EventType) -> String {
+    let cut: String = event_type
+        .as_str()
+        .chars()
+        .take(MAX_EVENT_TYPE_CHARS)
+        .collect();
+    storable_owned(cut)
+}
+
+/// The verified body as the stored payload: its text, with any NUL replaced (see
+/// [`crate::domain::text`]).
+fn storable_payload(hook: &VerifiedWebhook) -> Cow<'_, str> {
+    // JSON is UTF-8: a body that parsed is text.
+    storable_json(std::str::from_utf8(hook.body()).expect("JSON that parsed is UTF-8"))
+}
+
 /// Handle one verified webhook within `TRANSACTION_TIMEOUT_MS`.
 #[instrument(name = "signup", skip_all, fields(event_type, clerk_user_id))]
 pub async fn handle(
@@ -179,19 +198,14 @@ async fn dispatch(
             return record_only(store, &event, EventStatus::Failed, e.to_string()).await;
         }
     };
-    let event_type: String = envelope
-        .event_type
-        .as_str()
-        .chars()
-        .take(MAX_EVENT_TYPE_CHARS)
-        .collect();
+    let event_type = recorded_type(&envelope.event_type);
     let span = tracing::Span::current();
     span.record("event_type", event_type.as_str());
+    let payload = storable_payload(hook);
     let event = EventRow {
         msg_id,
         event_type: &event_type,
-        // JSON is UTF-8: a body that parsed is text.
-        payload: Some(std::str::from_utf8(hook.body()).expect("JSON that parsed is UTF-8")),
+        payload: Some(&payload),
         clerk_id: None,
     };
     match envelope.event_type {
@@ -322,10 +336,12 @@ pub async fn apply_in(
         Ok(profile) => profile,
         Err(e) => return Ok(Outcome::Failed(e.to_string())),
     };
+    let payload = storable_payload(hook);
+    let event_type = recorded_type(&envelope.event_type);
     let event = EventRow {
         msg_id: hook.msg_id(),
-        event_type: envelope.event_type.as_str(),
-        payload: Some(std::str::from_utf8(hook.body()).expect("JSON that parsed is UTF-8")),
+        event_type: &event_type,
+        payload: Some(&payload),
         clerk_id: Some(profile.clerk_id.as_str()),
     };
     let result = match tx {
@@ -435,6 +451,7 @@ async fn record_only(
     reason: String,
 ) -> Result<Outcome, StoreError> {
     let now = store::now();
+    let reason = storable_owned(reason);
     let inserted: Option<String> = crate::with_pool!(store, |pool, p| {
         bind_event!(
             sqlx::query_scalar(INSERT_EVENT.as_str()),

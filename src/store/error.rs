@@ -148,10 +148,15 @@ fn sqlite_target(message: &str) -> (Option<String>, Option<String>) {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
+            // Every way of not reaching the database, including a server (or a pooler in
+            // front of one that is down) that accepts and then closes the connection,
+            // which sqlx reports as a protocol error ("unexpected response from
+            // SSLRequest"): a retry may succeed.
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => Self::Unavailable(e),
             sqlx::Error::Database(db) => {
                 if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {

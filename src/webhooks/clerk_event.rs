@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::domain::text::storable_owned;
 use crate::domain::{ClerkUserId, EmailAddress};
 
 /// A problem with a verified payload that no retry can fix; recorded as `failed`.
@@ -180,9 +181,9 @@ pub fn profile_from_user(
     Ok(UserProfile {
         clerk_id,
         email,
-        photo: raw.image_url.unwrap_or_default(),
-        first_name: raw.first_name.filter(|s| !s.is_empty()),
-        last_name: raw.last_name.filter(|s| !s.is_empty()),
+        photo: storable_owned(raw.image_url.unwrap_or_default()),
+        first_name: raw.first_name.filter(|s| !s.is_empty()).map(storable_owned),
+        last_name: raw.last_name.filter(|s| !s.is_empty()).map(storable_owned),
         clerk_updated_at,
     })
 }

@@ -230,6 +230,7 @@ async fn invalid_amounts_and_fields_are_named(backend: Backend) {
         .http
         .post(format!("{}{base}/consume", app.address))
         .bearer_auth(API_KEY)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body("{oops")
         .send()
         .await

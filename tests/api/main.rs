@@ -11,6 +11,7 @@ mod credits_concurrency;
 mod diagnose;
 mod diagnose_ledger;
 mod health;
+mod hostile;
 mod outbox;
 mod pgbouncer;
 mod prisma;

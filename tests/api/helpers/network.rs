@@ -1,5 +1,8 @@
 //! Raw HTTP over TCP, and a TCP proxy a test can cut.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -72,6 +75,10 @@ pub async fn raw_post(
 pub struct CuttableProxy {
     pub port: u16,
     cut: CancellationToken,
+    /// Accept, then close at once: a pooler or proxy whose database is down.
+    refuse: Arc<AtomicBool>,
+    /// Ends the proxied connections open when refusing starts.
+    open: CancellationToken,
 }
 
 impl CuttableProxy {
@@ -80,6 +87,10 @@ impl CuttableProxy {
         let port = listener.local_addr().unwrap().port();
         let cut = CancellationToken::new();
         let token = cut.clone();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let refusing = refuse.clone();
+        let open = CancellationToken::new();
+        let opened = open.clone();
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -89,20 +100,37 @@ impl CuttableProxy {
                 let Ok((mut inbound, _)) = accepted else {
                     return;
                 };
+                if refusing.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
                 let target = target.clone();
                 let token = token.clone();
+                let opened = opened.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&target).await else {
                         return;
                     };
                     tokio::select! {
                         _ = token.cancelled() => {}
+                        _ = opened.cancelled() => {}
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     }
                 });
             }
         });
-        Self { port, cut }
+        Self {
+            port,
+            cut,
+            refuse,
+            open,
+        }
+    }
+
+    /// From now on, accept each connection and close it at once, and cut the open ones.
+    pub fn accept_and_close(&self) {
+        self.refuse.store(true, Ordering::SeqCst);
+        self.open.cancel();
     }
 
     /// Close the listener and every proxied connection.
