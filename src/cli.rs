@@ -235,6 +235,22 @@ pub struct ServeArgs {
     /// Limit for one database transaction, in milliseconds.
     #[arg(long, env = "TRANSACTION_TIMEOUT_MS", default_value_t = 5000)]
     pub transaction_timeout_ms: u64,
+
+    /// Time a client has to send a request's headers, in milliseconds, counted from when
+    /// the connection is ready for the next request (so it also closes idle keep-alive
+    /// connections).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// HTTP connections open at once; more wait until one closes (a warning is logged).
+    /// Keep it below the process's open-file limit (`ulimit -n`).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// On SIGTERM / Ctrl-C: how long requests in flight may finish, in milliseconds,
+    /// before the connections still open are closed.
+    #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 10_000)]
+    pub shutdown_drain_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -95,6 +95,8 @@ pub struct Config {
     pub api_keys: Vec<Redacted<String>>,
     /// Run the outbox worker inside `serve` (tests step it by hand instead).
     pub run_worker: bool,
+    /// Connection timeouts and limits of the HTTP server.
+    pub server: ServerSettings,
 }
 
 impl Config {
@@ -163,8 +165,49 @@ impl Config {
             },
             signup_credits: args.signup_credits,
             run_worker: true,
+            server: server_settings(args)?,
         })
     }
+}
+
+/// The HTTP server's connection limits (`http::server`), validated once here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_drain: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 512,
+            shutdown_drain: Duration::from_secs(10),
+        }
+    }
+}
+
+fn server_settings(args: &ServeArgs) -> Result<ServerSettings, ConfigError> {
+    let millis = |name: &'static str, value: u64, max: u64| {
+        if (1..=max).contains(&value) {
+            Ok(Duration::from_millis(value))
+        } else {
+            Err(invalid(name, format!("must be between 1 and {max}")))
+        }
+    };
+    if !(1..=1_000_000).contains(&args.max_connections) {
+        return Err(invalid("MAX_CONNECTIONS", "must be between 1 and 1000000"));
+    }
+    Ok(ServerSettings {
+        header_read_timeout: millis(
+            "HEADER_READ_TIMEOUT_MS",
+            args.header_read_timeout_ms,
+            600_000,
+        )?,
+        max_connections: args.max_connections,
+        shutdown_drain: millis("SHUTDOWN_DRAIN_MS", args.shutdown_drain_ms, 600_000)?,
+    })
 }
 
 /// `whsec_…` secrets separated by spaces (several during rotation).

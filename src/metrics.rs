@@ -24,6 +24,8 @@ pub struct Metrics {
     pub outbox_jobs: Family<OutcomeLabel, Counter>,
     /// The PostgreSQL signup queue: webhooks waiting, webhooks per statement.
     pub signup_queue: QueueMetrics,
+    /// HTTP connections open now.
+    pub http_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -58,12 +60,19 @@ impl Default for Metrics {
             "Signup webhooks per database statement (PostgreSQL)",
             signup_queue.batch_size.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open now (at most MAX_CONNECTIONS)",
+            http_connections.clone(),
+        );
         Self {
             registry,
             webhook_events,
             webhook_errors,
             outbox_jobs,
             signup_queue,
+            http_connections,
         }
     }
 }

@@ -9,8 +9,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::config::ServerSettings;
 use crate::http::auth::ApiKeys;
-use crate::http::{router, system_clock, AppState, Clock};
+use crate::http::{router, server, system_clock, AppState, Clock};
 use crate::metrics::Metrics;
 use crate::outbox::worker::{self, WorkerSettings};
 use crate::outbox::ClerkClient;
@@ -34,6 +35,7 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    server: ServerSettings,
     worker: Option<(ClerkClient, WorkerSettings)>,
 }
 
@@ -116,6 +118,7 @@ impl Application {
         Ok(Self {
             listener,
             state,
+            server: config.server,
             worker: worker.filter(|_| config.run_worker),
         })
     }
@@ -145,10 +148,10 @@ impl Application {
             ))
         });
         info!(address = %self.listener.local_addr()?, "listening");
+        let metrics = self.state.metrics.clone();
         let app = router(self.state);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        let served =
+            server::serve(self.listener, app, self.server, metrics, shutdown.clone()).await;
         shutdown.cancel();
         if let Some(worker) = worker {
             let _ = worker.await;

@@ -6,6 +6,7 @@ pub mod error;
 mod extract;
 mod health;
 pub mod metrics;
+pub mod server;
 mod webhooks;
 
 use std::sync::Arc;

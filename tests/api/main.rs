@@ -6,6 +6,7 @@ mod helpers;
 mod adoption;
 mod backends_agree;
 mod bench;
+mod connections;
 mod credits;
 mod credits_concurrency;
 mod diagnose;

@@ -24,6 +24,10 @@ pub struct AppOptions {
     /// Overrides `DATABASE_URL` (e.g. to go through a proxy that can be cut).
     pub database_url: Option<String>,
     pub api_keys: String,
+    /// `HEADER_READ_TIMEOUT_MS`, `MAX_CONNECTIONS`, `SHUTDOWN_DRAIN_MS`; unset: the defaults.
+    pub header_read_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub shutdown_drain_ms: Option<u64>,
 }
 
 impl Default for AppOptions {
@@ -36,6 +40,9 @@ impl Default for AppOptions {
             secret: SECRET.to_owned(),
             database_url: None,
             api_keys: format!("{API_KEY},{API_KEY_2}"),
+            header_read_timeout_ms: None,
+            max_connections: None,
+            shutdown_drain_ms: None,
         }
     }
 }
@@ -73,6 +80,25 @@ pub fn config_for(db: &TestDb, opts: &AppOptions) -> Config {
     }
     if let Some(k) = &opts.clerk_secret_key {
         argv.extend(["--clerk-secret-key", k]);
+    }
+    let limits = [
+        (
+            "--header-read-timeout-ms",
+            opts.header_read_timeout_ms.map(|v| v.to_string()),
+        ),
+        (
+            "--max-connections",
+            opts.max_connections.map(|v| v.to_string()),
+        ),
+        (
+            "--shutdown-drain-ms",
+            opts.shutdown_drain_ms.map(|v| v.to_string()),
+        ),
+    ];
+    for (flag, value) in &limits {
+        if let Some(value) = value {
+            argv.extend([*flag, value.as_str()]);
+        }
     }
     let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
         unreachable!()
