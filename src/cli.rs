@@ -251,6 +251,14 @@ pub struct ServeArgs {
     /// before the connections still open are closed.
     #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 10_000)]
     pub shutdown_drain_ms: u64,
+    /// Clerk metadata updates delivered at once by the outbox.
+    #[arg(long, env = "OUTBOX_CONCURRENCY", default_value_t = 8)]
+    pub outbox_concurrency: usize,
+
+    /// Clerk calls per second from the outbox, all deliveries together (Clerk's Backend
+    /// API answers 429 beyond its rate limit; a 429's Retry-After pauses every delivery).
+    #[arg(long, env = "OUTBOX_RATE_PER_SECOND", default_value_t = 50)]
+    pub outbox_rate_per_second: u32,
 }
 
 #[derive(Debug, Clone, Args)]

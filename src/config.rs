@@ -81,6 +81,11 @@ impl DatabaseSettings {
 pub struct ClerkSettings {
     pub api_url: Url,
     pub secret_key: Option<Redacted<String>>,
+    /// Outbox deliveries in flight at once (`OUTBOX_CONCURRENCY`).
+    pub outbox_concurrency: usize,
+    /// Clerk calls per second from the outbox, all deliveries together
+    /// (`OUTBOX_RATE_PER_SECOND`).
+    pub outbox_rate_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +167,19 @@ impl Config {
             clerk: ClerkSettings {
                 api_url,
                 secret_key,
+                outbox_concurrency: match args.outbox_concurrency {
+                    n @ 1..=256 => n,
+                    _ => return Err(invalid("OUTBOX_CONCURRENCY", "must be between 1 and 256")),
+                },
+                outbox_rate_per_second: match args.outbox_rate_per_second {
+                    n @ 1..=10_000 => n,
+                    _ => {
+                        return Err(invalid(
+                            "OUTBOX_RATE_PER_SECOND",
+                            "must be between 1 and 10000",
+                        ))
+                    }
+                },
             },
             signup_credits: args.signup_credits,
             run_worker: true,

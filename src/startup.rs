@@ -83,7 +83,11 @@ impl Application {
             Some(key) => Some((
                 ClerkClient::new(config.clerk.api_url.clone(), key.clone())
                     .map_err(StartupError::ClerkClient)?,
-                WorkerSettings::default(),
+                WorkerSettings {
+                    concurrency: config.clerk.outbox_concurrency,
+                    rate_per_second: config.clerk.outbox_rate_per_second,
+                    ..WorkerSettings::default()
+                },
             )),
             None => {
                 warn!("CLERK_SECRET_KEY is not set: Clerk metadata updates stay queued as pending jobs");

@@ -2,6 +2,17 @@
 //! no lock held, then record the result. A claim is a lease (`nextAttemptAt` moved past
 //! the call's timeout), so a crashed replica's job is picked up again, and PostgreSQL's
 //! `FOR UPDATE SKIP LOCKED` keeps replicas from claiming the same job.
+//!
+//! Delivered once in effect:
+//! - the result is recorded with retries while the database is briefly unreachable, so a
+//!   call that succeeded is not made again because its "done" could not be written;
+//! - a job claimed again after an attempt that recorded nothing (the process died, or the
+//!   database stayed away, between the call and its record) first asks Clerk whether the
+//!   update is already there, and only sends it when it is not.
+//!
+//! `serve` runs `OUTBOX_CONCURRENCY` deliveries at once, paced together at
+//! `OUTBOX_RATE_PER_SECOND` (Clerk's Backend API answers 429 beyond its rate limit); a 429's
+//! `Retry-After` pauses them all. One slow call holds one delivery, not the others.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +46,10 @@ pub struct WorkerSettings {
     pub max_backoff: Duration,
     /// How often an idle worker looks for due jobs (it is also woken after each signup).
     pub poll_interval: Duration,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Clerk calls per second, all deliveries together.
+    pub rate_per_second: u32,
 }
 
 impl Default for WorkerSettings {
@@ -45,6 +60,8 @@ impl Default for WorkerSettings {
             base_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(3600),
             poll_interval: Duration::from_secs(1),
+            concurrency: 8,
+            rate_per_second: 50,
         }
     }
 }
@@ -75,7 +92,7 @@ WHERE "id" = (
     LIMIT 1
     {skip_locked}
 )
-RETURNING "id", "payload", "attempts""#,
+RETURNING "id", "payload", "attempts", "lastError" IS NULL AS "noError""#,
 );
 
 static MARK_DONE: OwnTablesSql = OwnTablesSql::new(
@@ -93,7 +110,8 @@ static MARK_DEAD: OwnTablesSql = OwnTablesSql::new(
 UPDATE {own}"OutboxJob" SET "status" = 'dead', "lastError" = $2, "updatedAt" = $3 WHERE "id" = $1"#,
 );
 
-type Claimed = (String, Json<serde_json::Value>, i32);
+/// A claimed job. `no_error` with `attempts > 1`: an earlier attempt recorded no result.
+type Claimed = (String, Json<serde_json::Value>, i32, bool);
 
 async fn claim(store: &Store, lease: Duration) -> Result<Option<Claimed>, StoreError> {
     let now = store::now();
@@ -110,35 +128,75 @@ async fn claim(store: &Store, lease: Duration) -> Result<Option<Claimed>, StoreE
 }
 
 /// Claim and deliver at most one due job. Tests step the worker with this.
-#[instrument(skip_all, fields(job_id))]
 pub async fn try_execute_job(
     store: &Store,
     client: &ClerkClient,
     settings: &WorkerSettings,
 ) -> Result<Outcome, StoreError> {
-    let Some((id, Json(payload), attempts)) = claim(store, settings.lease).await? else {
+    deliver_one(store, client, settings, None).await
+}
+
+/// Deliver one job: make the call unless an earlier attempt already did.
+async fn deliver(
+    client: &ClerkClient,
+    job: Job,
+    earlier_unrecorded: bool,
+) -> Result<(), DeliveryError> {
+    let Job::UpdateClerkMetadata { clerk_id, user_id } = job;
+    if earlier_unrecorded {
+        // The earlier attempt may have reached Clerk: look before sending again.
+        if let Some(user) = client.get_user(&clerk_id).await? {
+            if user["public_metadata"]["userId"].as_str() == Some(user_id.as_str()) {
+                info!("an earlier attempt already applied the update; not sending it again");
+                return Ok(());
+            }
+        }
+    }
+    client.update_metadata(&clerk_id, &user_id).await
+}
+
+#[instrument(skip_all, fields(job_id))]
+async fn deliver_one(
+    store: &Store,
+    client: &ClerkClient,
+    settings: &WorkerSettings,
+    pace: Option<&Pace>,
+) -> Result<Outcome, StoreError> {
+    let Some((id, Json(payload), attempts, no_error)) = claim(store, settings.lease).await? else {
         return Ok(Outcome::Empty);
     };
     tracing::Span::current().record("job_id", id.as_str());
     let result = match serde_json::from_value::<Job>(payload) {
-        Ok(Job::UpdateClerkMetadata { clerk_id, user_id }) => {
-            client.update_metadata(&clerk_id, &user_id).await
+        Ok(job) => {
+            if let Some(pace) = pace {
+                pace.wait().await;
+            }
+            deliver(client, job, attempts > 1 && no_error).await
         }
         Err(_) => Err(DeliveryError::Permanent(
             "payload is not a job this version understands".to_owned(),
         )),
     };
+    if let (
+        Some(pace),
+        Err(DeliveryError::Retryable {
+            retry_after: Some(after),
+            ..
+        }),
+    ) = (pace, &result)
+    {
+        pace.pause_for(*after);
+    }
     let now = store::now();
     let outcome = match result {
         Ok(()) => {
-            with_pool!(store, |pool, p| {
-                sqlx::query(MARK_DONE.for_store(store))
-                    .bind(&id)
-                    .bind(now)
-                    .persistent(p)
-                    .execute(pool)
-                    .await?;
-            });
+            record(
+                store,
+                settings,
+                &MARK_DONE,
+                &[Param::Text(&id), Param::At(now)],
+            )
+            .await?;
             info!(attempts, "outbox job delivered");
             Outcome::Done
         }
@@ -149,30 +207,20 @@ pub async fn try_execute_job(
             let delay = settings.backoff(attempts, retry_after);
             let next =
                 now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
-            with_pool!(store, |pool, p| {
-                sqlx::query(MARK_RETRY.for_store(store))
-                    .bind(&id)
-                    .bind(next)
-                    .bind(&reason)
-                    .bind(now)
-                    .persistent(p)
-                    .execute(pool)
-                    .await?;
-            });
+            let params = [
+                Param::Text(&id),
+                Param::At(next),
+                Param::Text(&reason),
+                Param::At(now),
+            ];
+            record(store, settings, &MARK_RETRY, &params).await?;
             warn!(attempts, delay_ms = delay.as_millis() as u64, reason = %reason, "outbox job will be retried");
             Outcome::Retried
         }
         Err(e) => {
             let reason = e.to_string();
-            with_pool!(store, |pool, p| {
-                sqlx::query(MARK_DEAD.for_store(store))
-                    .bind(&id)
-                    .bind(&reason)
-                    .bind(now)
-                    .persistent(p)
-                    .execute(pool)
-                    .await?;
-            });
+            let params = [Param::Text(&id), Param::Text(&reason), Param::At(now)];
+            record(store, settings, &MARK_DEAD, &params).await?;
             error!(attempts, reason = %reason, "outbox job is dead");
             Outcome::Dead
         }
@@ -180,7 +228,103 @@ pub async fn try_execute_job(
     Ok(outcome)
 }
 
-/// The worker loop inside `serve`: deliver due jobs until shutdown.
+/// A parameter of a result statement.
+enum Param<'a> {
+    Text(&'a str),
+    At(chrono::NaiveDateTime),
+}
+
+/// Write a job's result, again while the database is briefly unreachable (for up to half
+/// the lease): a result that is not written makes the job run again once its lease ends.
+async fn record(
+    store: &Store,
+    settings: &WorkerSettings,
+    sql: &'static OwnTablesSql,
+    params: &[Param<'_>],
+) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + settings.lease / 2;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let written: Result<(), StoreError> = async {
+            with_pool!(store, |pool, p| {
+                let mut query = sqlx::query(sql.for_store(store));
+                for param in params {
+                    query = match param {
+                        Param::Text(text) => query.bind(*text),
+                        Param::At(at) => query.bind(*at),
+                    };
+                }
+                query.persistent(p).execute(pool).await?;
+            });
+            Ok(())
+        }
+        .await;
+        match written {
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() + pause < deadline => {
+                warn!(error.message = %e, "could not record the job's result; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Spaces Clerk calls `1 / OUTBOX_RATE_PER_SECOND` apart across every delivery, and holds
+/// them all while a 429's `Retry-After` lasts.
+struct Pace {
+    state: std::sync::Mutex<PaceState>,
+    interval: Duration,
+}
+
+struct PaceState {
+    /// The next free slot.
+    next: tokio::time::Instant,
+    /// No call before this (a 429's `Retry-After`).
+    paused_until: tokio::time::Instant,
+}
+
+impl Pace {
+    fn new(rate_per_second: u32) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            state: std::sync::Mutex::new(PaceState {
+                next: now,
+                paused_until: now,
+            }),
+            interval: Duration::from_secs(1) / rate_per_second.max(1),
+        }
+    }
+
+    /// Wait for a slot; a pause that began while waiting is waited out too.
+    async fn wait(&self) {
+        loop {
+            let at = {
+                let mut state = self.state.lock().expect("never poisoned");
+                let at = state
+                    .next
+                    .max(state.paused_until)
+                    .max(tokio::time::Instant::now());
+                state.next = at + self.interval;
+                at
+            };
+            tokio::time::sleep_until(at).await;
+            let paused_until = self.state.lock().expect("never poisoned").paused_until;
+            if paused_until <= tokio::time::Instant::now() {
+                return;
+            }
+        }
+    }
+
+    fn pause_for(&self, pause: Duration) {
+        let until = tokio::time::Instant::now() + pause;
+        let mut state = self.state.lock().expect("never poisoned");
+        state.paused_until = state.paused_until.max(until);
+        state.next = state.next.max(until);
+    }
+}
+
+/// The worker inside `serve`: `settings.concurrency` deliveries at once, until shutdown.
 pub async fn run(
     store: Store,
     client: ClerkClient,
@@ -189,9 +333,39 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    info!("outbox worker started");
+    info!(
+        concurrency = settings.concurrency,
+        rate_per_second = settings.rate_per_second,
+        "outbox worker started"
+    );
+    let pace = Arc::new(Pace::new(settings.rate_per_second));
+    let mut deliveries = tokio::task::JoinSet::new();
+    for _ in 0..settings.concurrency.max(1) {
+        deliveries.spawn(deliver_until_stopped(
+            store.clone(),
+            client.clone(),
+            settings.clone(),
+            pace.clone(),
+            wake.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    while deliveries.join_next().await.is_some() {}
+    info!("outbox worker stopped");
+}
+
+async fn deliver_until_stopped(
+    store: Store,
+    client: ClerkClient,
+    settings: WorkerSettings,
+    pace: Arc<Pace>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let pause = match try_execute_job(&store, &client, &settings).await {
+        let pause = match deliver_one(&store, &client, &settings, Some(&pace)).await {
             Ok(Outcome::Empty) => settings.poll_interval,
             Ok(outcome) => {
                 let label = match outcome {
@@ -218,7 +392,6 @@ pub async fn run(
             }
         }
     }
-    info!("outbox worker stopped");
 }
 
 #[cfg(test)]

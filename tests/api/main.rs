@@ -14,6 +14,7 @@ mod diagnose_ledger;
 mod health;
 mod hostile;
 mod outbox;
+mod outbox_delivery;
 mod pgbouncer;
 mod prisma;
 mod revert;

@@ -16,6 +16,10 @@ pub struct Recorded {
     pub path: String,
     pub authorization: Option<String>,
     pub body: Value,
+    /// When the request arrived.
+    pub at: std::time::Instant,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 #[derive(Default)]
@@ -25,6 +29,15 @@ struct FakeState {
     requests: Vec<Recorded>,
     /// Users returned by `GET /v1/users/{id}`.
     users: std::collections::HashMap<String, Value>,
+    /// `public_metadata` written by successful PATCHes, by user: what Clerk now holds
+    /// (`GET` shows it, for a user added or not).
+    metadata: std::collections::HashMap<String, Value>,
+    /// Every answer is delayed this long (Clerk's latency).
+    delay: std::time::Duration,
+    /// The next this many calls wait this long before answering.
+    hang: (usize, std::time::Duration),
+    /// Calls answered after hanging.
+    hung_answered: usize,
 }
 
 #[derive(Clone)]
@@ -66,6 +79,60 @@ impl FakeClerk {
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
     }
+
+    /// The metadata PATCHes answered 2xx for this Clerk user: the updates Clerk applied.
+    pub fn applied_patches(&self, clerk_id: &str) -> usize {
+        let path = format!("/v1/users/{clerk_id}/metadata");
+        self.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path == path && (200..300).contains(&r.status))
+            .count()
+    }
+
+    /// Delay every answer (Clerk's latency).
+    pub fn delay_every_call(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// The next `calls` calls wait `hang` before answering.
+    pub fn hang_next(&self, calls: usize, hang: std::time::Duration) {
+        self.state.lock().unwrap().hang = (calls, hang);
+    }
+
+    /// How many hung calls have been answered.
+    pub fn hung_answered(&self) -> usize {
+        self.state.lock().unwrap().hung_answered
+    }
+}
+
+/// How long this call waits before answering, and whether it is a hung one.
+fn wait_for(state: &Mutex<FakeState>) -> (std::time::Duration, bool) {
+    let mut s = state.lock().unwrap();
+    if s.hang.0 > 0 {
+        s.hang.0 -= 1;
+        (s.hang.1, true)
+    } else {
+        (s.delay, false)
+    }
+}
+
+async fn latency(state: &Mutex<FakeState>) {
+    let (wait, hung) = wait_for(state);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    if hung {
+        state.lock().unwrap().hung_answered += 1;
+    }
+}
+
+/// A 429 says when to come back, as Clerk's does.
+fn answer(status: StatusCode, body: Value) -> (StatusCode, HeaderMap, Json<Value>) {
+    let mut headers = HeaderMap::new();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        headers.insert("retry-after", "1".parse().unwrap());
+    }
+    (status, headers, Json(body))
 }
 
 fn record(
@@ -76,6 +143,7 @@ fn record(
     body: Value,
 ) -> StatusCode {
     let mut s = state.lock().unwrap();
+    let status = s.script.pop_front().unwrap_or(200);
     s.requests.push(Recorded {
         method: method.to_owned(),
         path,
@@ -84,8 +152,10 @@ fn record(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         body,
+        at: std::time::Instant::now(),
+        status,
     });
-    StatusCode::from_u16(s.script.pop_front().unwrap_or(200)).unwrap()
+    StatusCode::from_u16(status).unwrap()
 }
 
 async fn fake_patch_metadata(
@@ -93,7 +163,8 @@ async fn fake_patch_metadata(
     Path(id): Path<String>,
     headers: HeaderMap,
     Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
+) -> (StatusCode, HeaderMap, Json<Value>) {
+    latency(&state).await;
     let status = record(
         &state,
         "PATCH",
@@ -101,9 +172,20 @@ async fn fake_patch_metadata(
         &headers,
         body.clone(),
     );
-    (
+    if status.is_success() {
+        let mut s = state.lock().unwrap();
+        let held = s
+            .metadata
+            .entry(id.clone())
+            .or_insert_with(|| serde_json::json!({}));
+        if let (Some(held), Some(new)) = (held.as_object_mut(), body["public_metadata"].as_object())
+        {
+            held.extend(new.clone());
+        }
+    }
+    answer(
         status,
-        Json(serde_json::json!({"id": id, "public_metadata": body["public_metadata"]})),
+        serde_json::json!({"id": id, "public_metadata": body["public_metadata"]}),
     )
 }
 
@@ -111,7 +193,8 @@ async fn fake_get_user(
     State(state): State<Arc<Mutex<FakeState>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> (StatusCode, Json<Value>) {
+) -> (StatusCode, HeaderMap, Json<Value>) {
+    latency(&state).await;
     let status = record(
         &state,
         "GET",
@@ -119,13 +202,26 @@ async fn fake_get_user(
         &headers,
         Value::Null,
     );
-    let user = state.lock().unwrap().users.get(&id).cloned();
+    let user = {
+        let s = state.lock().unwrap();
+        let metadata = s.metadata.get(&id).cloned();
+        match (s.users.get(&id).cloned(), metadata) {
+            (Some(mut user), Some(m)) => {
+                user["public_metadata"] = m;
+                Some(user)
+            }
+            (Some(user), None) => Some(user),
+            // A user only ever PATCHed exists in Clerk all the same.
+            (None, Some(m)) => Some(serde_json::json!({"id": id, "public_metadata": m})),
+            (None, None) => None,
+        }
+    };
     match user {
-        Some(u) if status.is_success() => (status, Json(u)),
-        Some(_) => (status, Json(serde_json::json!({"errors": []}))),
-        None => (
+        Some(u) if status.is_success() => answer(status, u),
+        Some(_) => answer(status, serde_json::json!({"errors": []})),
+        None => answer(
             StatusCode::NOT_FOUND,
-            Json(serde_json::json!({"errors": [{"code": "resource_not_found"}]})),
+            serde_json::json!({"errors": [{"code": "resource_not_found"}]}),
         ),
     }
 }
