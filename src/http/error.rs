@@ -22,6 +22,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("could not read the request body")]
     BodyUnreadable,
+    #[error("the request body did not arrive within {} s", super::BODY_READ_TIMEOUT.as_secs())]
+    BodyTimeout,
     #[error("no such route")]
     NotFound,
     #[error("the body must be JSON: send `Content-Type: application/json`")]
@@ -96,6 +98,7 @@ impl ApiError {
             Self::InvalidSignature(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound | Self::Credits(Refusal::UnknownUser) => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
@@ -120,6 +123,7 @@ impl ApiError {
             Self::InvalidSignature(_) => "invalid_signature",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BodyTimeout => "request_timeout",
             Self::BodyUnreadable => "body_unreadable",
             Self::NotFound => "not_found",
             Self::Unauthorized => "unauthorized",

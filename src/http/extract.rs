@@ -23,11 +23,40 @@ where
         if !is_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BYTES)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge(MAX_JSON_BYTES))?;
+        let (parts, body) = req.into_parts();
+        let bytes = read_body(&parts.headers, body, MAX_JSON_BYTES).await?;
         parse(&bytes).map(ValidJson)
     }
+}
+
+/// The body, at most `limit` bytes: refused at once when its declared length is larger
+/// (413), and when it does not arrive within `BODY_READ_TIMEOUT` (408).
+pub(super) async fn read_body(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared_too_large = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64);
+    if declared_too_large {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            if c.is::<http_body_util::LengthLimitError>() {
+                return ApiError::PayloadTooLarge(limit);
+            }
+            if c.is::<tower_http::timeout::TimeoutError>() {
+                return ApiError::BodyTimeout;
+            }
+            cause = c.source();
+        }
+        ApiError::BodyUnreadable
+    })
 }
 
 /// `Content-Type: application/json`, or another JSON type (`application/*+json`), with

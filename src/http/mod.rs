@@ -53,6 +53,13 @@ pub fn system_clock() -> Clock {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// A request's body must arrive within this (408 `request_timeout` otherwise).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A request must be answered within this (503, for Svix to retry): longer than
+/// `BODY_READ_TIMEOUT` plus the default `TRANSACTION_TIMEOUT_MS`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 async fn not_found() -> ApiError {
     ApiError::NotFound
 }
@@ -145,8 +152,11 @@ pub fn router(state: AppState) -> Router {
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_READ_TIMEOUT,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(30),
+            REQUEST_TIMEOUT,
         ))
 }

@@ -1,13 +1,14 @@
 //! `POST /api/webhooks/clerk`: headers, then the size-limited raw body, then the
 //! signature; only a `VerifiedWebhook` reaches the signup transaction.
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use tracing::instrument;
 
 use super::error::ApiError;
+use super::extract::read_body;
 use super::{AppState, ErrorBody};
 use crate::metrics::Metrics;
 use crate::signup::{self, Outcome};
@@ -68,22 +69,7 @@ async fn handle(
 ) -> Result<Json<WebhookOutcome>, ApiError> {
     let signature = SignatureHeaders::from_headers(&headers)?;
     tracing::Span::current().record("svix_id", signature.msg_id().as_str());
-    let too_large = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n > MAX_BODY_BYTES);
-    if too_large {
-        return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
-    }
-    let bytes = to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            ApiError::PayloadTooLarge(MAX_BODY_BYTES)
-        } else {
-            ApiError::BodyUnreadable
-        }
-    })?;
+    let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
     let hook = signature.verify(&state.webhook_secrets, bytes, (state.clock)())?;
     let outcome = signup::handle(
         &state.store,

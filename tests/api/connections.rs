@@ -16,7 +16,68 @@ both_backends!(
     idle_silent_and_half_sent_connections_are_closed,
     connections_over_the_limit_wait_and_are_served_when_one_closes,
     shutdown_ends_within_the_drain_time_with_a_client_holding_half_sent_headers,
+    a_body_that_stops_arriving_is_answered_408,
+    a_huge_declared_length_is_refused_at_once,
 );
+
+/// Send `head` (a request's headers and the start of its body) and read the answer's status.
+async fn status_of_raw(app: &TestApp, head: &str) -> u16 {
+    let mut stream = TcpStream::connect(host_port(app)).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = closed_or_answered(&mut stream, Duration::from_secs(40)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+/// The bytes the server sent until it closed, or until it sent a whole head.
+async fn closed_or_answered(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+/// A body announced as 100 bytes of which 10 arrive: 408 once `BODY_READ_TIMEOUT` has
+/// passed, not a 503 from the request timeout, and nothing moved.
+async fn a_body_that_stops_arriving_is_answered_408(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = crate::credits::app_with_user(&db).await;
+    let head = format!(
+        "POST /v1/users/{}/credits/consume HTTP/1.1\r\nHost: x\r\nauthorization: Bearer {API_KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"amount\":",
+        crate::credits::CLERK_ID
+    );
+    assert_eq!(status_of_raw(&app, &head).await, 408);
+    assert_eq!(app.credits_of(crate::credits::CLERK_ID).await, (20, 0, 20));
+}
+
+/// A declared length over the limit is refused before any of the body is read.
+async fn a_huge_declared_length_is_refused_at_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = crate::credits::app_with_user(&db).await;
+    let v1 = format!(
+        "POST /v1/users/{}/credits/consume HTTP/1.1\r\nHost: x\r\nauthorization: Bearer {API_KEY}\r\ncontent-type: application/json\r\ncontent-length: 99999999999\r\n\r\n{{",
+        crate::credits::CLERK_ID
+    );
+    assert_eq!(status_of_raw(&app, &v1).await, 413);
+    let hook = "POST /api/webhooks/clerk HTTP/1.1\r\nHost: x\r\nsvix-id: msg_1\r\nsvix-timestamp: 1\r\nsvix-signature: v1,x\r\ncontent-type: application/json\r\ncontent-length: 99999999999\r\n\r\n{";
+    assert_eq!(status_of_raw(&app, hook).await, 413);
+    assert_eq!(app.credits_of(crate::credits::CLERK_ID).await, (20, 0, 20));
+}
 
 /// Waits for the server to close `stream`: the read that returns 0 bytes.
 async fn closed_by_server(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
