@@ -56,6 +56,36 @@ pub enum Command {
     /// Print what clerk-sync adds to the app's User, WebhookEvent and Transaction tables,
     /// for the app's schema.prisma (or, with --migration, as an idempotent SQL migration).
     PrismaSchema(PrismaSchemaArgs),
+    /// Apply again the webhooks recorded `failed`, from their stored payloads, once the
+    /// cause is fixed: the same path and idempotency as a delivery.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Only events first received at or after this time: `2026-11-30`, or RFC 3339
+    /// (`2026-11-30T08:00:00Z`).
+    #[arg(long)]
+    pub since: Option<String>,
+
+    /// Only the event with this `svix-id` (repeat for several).
+    #[arg(long = "svix-id", value_name = "SVIX_ID")]
+    pub svix_ids: Vec<String>,
+
+    /// List what would be replayed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the report as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Generations granted to a user the replay creates.
+    #[arg(long, env = "SIGNUP_CREDITS", default_value_t = 20)]
+    pub signup_credits: i32,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use std::time::Duration;
 
 use clerk_sync::cli::{
-    BenchArgs, Cli, Command, DatabaseArgs, DiagnoseArgs, MigrateArgs, PrismaSchemaArgs,
+    BenchArgs, Cli, Command, DatabaseArgs, DiagnoseArgs, MigrateArgs, PrismaSchemaArgs, ReplayArgs,
 };
 use clerk_sync::commands::{send, smoke};
 use clerk_sync::config::{Config, DatabaseSettings, DatabaseUrl};
@@ -43,6 +43,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::PrismaSchema(args) => prisma_schema(args),
         Command::Diagnose(args) => diagnose(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Replay(args) => replay(args).await,
         Command::Smoke(args) => {
             let store = open_existing(&args).await?;
             let result = smoke::run(&store, &mut std::io::stdout()).await;
@@ -121,6 +122,50 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 
 /// Connect for `diagnose` / `smoke` (over `DIRECT_URL` when set), refusing to create a
 /// SQLite file that is not there.
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use clerk_sync::commands::replay::{self, Selection};
+    let since = args
+        .since
+        .as_deref()
+        .map(|raw| {
+            chrono::DateTime::parse_from_rfc3339(raw)
+                .map(|t| t.naive_utc())
+                .or_else(|_| {
+                    chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+                        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists"))
+                })
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "--since {raw:?}: expected a date (2026-11-30) or an RFC 3339 time (2026-11-30T08:00:00Z)"
+                    )
+                })
+        })
+        .transpose()?;
+    anyhow::ensure!(
+        (0..=clerk_sync::domain::MAX_CREDITS).contains(&args.signup_credits),
+        "SIGNUP_CREDITS must be between 0 and {}",
+        clerk_sync::domain::MAX_CREDITS
+    );
+    let store = open_existing(&args.database).await?;
+    let settings = clerk_sync::signup::SignupSettings {
+        signup_credits: args.signup_credits,
+        transaction_timeout: Duration::from_secs(30),
+    };
+    let selection = Selection {
+        since,
+        svix_ids: args.svix_ids,
+    };
+    let report = replay::run(&store, &settings, &selection, args.dry_run).await;
+    store.close().await;
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}
+
 async fn open_existing(args: &DatabaseArgs) -> anyhow::Result<Store> {
     let settings = DatabaseSettings::from_args(args, Duration::from_secs(30))?;
     let url = settings.migration_url();

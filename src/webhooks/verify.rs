@@ -102,6 +102,16 @@ pub struct VerifiedWebhook {
 }
 
 impl VerifiedWebhook {
+    /// A webhook that was verified when it arrived, read back from its stored payload
+    /// (`clerk-sync replay`). The database is the only source of such a payload.
+    pub fn from_stored(msg_id: SvixMessageId, timestamp: i64, body: Bytes) -> Self {
+        Self {
+            msg_id,
+            timestamp,
+            body,
+        }
+    }
+
     pub fn msg_id(&self) -> &SvixMessageId {
         &self.msg_id
     }

@@ -200,7 +200,7 @@ pub(crate) async fn break_and_repair(
 
 /// The contract's SQLite "User" table with one column declaration replaced, rebuilt in
 /// place with its rows.
-fn sqlite_user_table_with(column: &str, declaration: &str) -> String {
+pub(crate) fn sqlite_user_table_with(column: &str, declaration: &str) -> String {
     let columns = [
         ("id", r#""id" TEXT NOT NULL PRIMARY KEY"#),
         ("clerkId", r#""clerkId" TEXT NOT NULL"#),

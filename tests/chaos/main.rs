@@ -6,7 +6,7 @@
 //! `cargo test --test chaos` runs the bounded profile (CI, a few minutes); the full one:
 //!
 //! ```text
-//! ulimit -n 65536; CHAOS_PROFILE=full cargo test --release --test chaos -- --nocapture
+//! ulimit -n 20000; CHAOS_PROFILE=full cargo test --release --test chaos -- --nocapture
 //! ```
 //!
 //! Scenarios that restart PostgreSQL make their own throwaway cluster with the
