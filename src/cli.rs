@@ -59,6 +59,47 @@ pub enum Command {
     /// Apply again the webhooks recorded `failed`, from their stored payloads, once the
     /// cause is fixed: the same path and idempotency as a delivery.
     Replay(ReplayArgs),
+    /// Compare Clerk's user list with the database and provision or update what webhooks
+    /// missed; report users that Clerk no longer has. Resumes an interrupted pass.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Clerk Backend API key `sk_…`.
+    #[arg(long, env = "CLERK_SECRET_KEY", hide_env_values = true)]
+    pub clerk_secret_key: String,
+
+    /// Clerk Backend API base URL.
+    #[arg(long, env = "CLERK_API_URL", default_value = "https://api.clerk.com")]
+    pub clerk_api_url: String,
+
+    /// Change nothing; print what would change.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Only users created at or after this time: `2026-11-30`, or RFC 3339.
+    #[arg(long)]
+    pub since: Option<String>,
+
+    /// Delete the users that Clerk no longer has (otherwise they are only reported).
+    #[arg(long)]
+    pub delete: bool,
+
+    /// Clerk API requests per second.
+    #[arg(long, default_value_t = 10)]
+    pub rate: u32,
+
+    /// Print the summary as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Generations granted to a user the pass creates.
+    #[arg(long, env = "SIGNUP_CREDITS", default_value_t = 20)]
+    pub signup_credits: i32,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -6,7 +6,8 @@
 //! ```text
 //! startup            one process: the HTTP server and the outbox worker, supervised
 //! http/              thin handlers, router + OpenAPI, one ApiError, one ErrorBody
-//! signup/ credits/   the use cases, each transaction in one place:
+//! signup/ credits/   the use cases, each transaction in one place (and reconcile, which
+//!                    applies Clerk's user list through signup's transaction):
 //!   outbox/            mod.rs decides; postgres.rs is the ONE statement; stepwise.rs the
 //!                      same steps one at a time (SQLite); statements.rs the shared SQL
 //! webhooks/ domain/  Svix verification, Clerk payloads, types that parse (ledger enums)
@@ -34,6 +35,7 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod reconcile;
 pub mod signup;
 pub mod startup;
 pub mod store;

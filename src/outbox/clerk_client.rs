@@ -97,6 +97,39 @@ impl ClerkClient {
 }
 
 /// No answer at all: a timeout or a connection failure, worth a retry.
+impl ClerkClient {
+    /// One page of Clerk's users, oldest first, created after `created_at_after` (ms):
+    /// `GET /v1/users?order_by=+created_at&created_at_after=…&limit=…`. A cursor on the
+    /// creation time, unlike `offset`, skips nobody when users are deleted mid-scan.
+    pub async fn list_users(
+        &self,
+        limit: u32,
+        created_at_after: Option<i64>,
+    ) -> Result<Vec<serde_json::Value>, DeliveryError> {
+        let mut url = Url::parse(&self.url("/v1/users")).expect("the base is a URL");
+        url.query_pairs_mut()
+            .append_pair("limit", &limit.to_string())
+            .append_pair("order_by", "+created_at");
+        if let Some(after) = created_at_after {
+            url.query_pairs_mut()
+                .append_pair("created_at_after", &after.to_string());
+        }
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(&self.secret_key.0)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        classify(response.status(), response.headers())?;
+        response.json().await.map_err(|_| {
+            DeliveryError::Permanent(
+                "Clerk API answered a user list that is not a JSON array".to_owned(),
+            )
+        })
+    }
+}
+
 fn unreachable(e: reqwest::Error) -> DeliveryError {
     DeliveryError::Retryable {
         reason: if e.is_timeout() {

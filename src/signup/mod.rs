@@ -398,6 +398,50 @@ pub async fn provision(
     }
 }
 
+/// [`provision`] inside the caller's transaction, without the commit: what it would do
+/// (`reconcile --dry-run` rolls it back).
+pub async fn provision_in(
+    tx: &mut StoreTx,
+    signup_credits: i32,
+    profile: &UserProfile,
+) -> Result<Outcome, StoreError> {
+    Ok(
+        match upsert_user_stepwise(tx, signup_credits, None, profile).await? {
+            UpsertResult::Done(outcome) => outcome,
+            UpsertResult::Refused(reason) => Outcome::Failed(reason),
+        },
+    )
+}
+
+/// Delete a user that Clerk no longer has, as `user.deleted` would but with no event to
+/// record (`reconcile --delete`): the user row goes (ledger rows stay), its events'
+/// payloads are erased, and the Clerk id is tombstoned.
+pub async fn forget(store: &Store, clerk_id: &ClerkUserId) -> Result<bool, StoreError> {
+    let now = store::now();
+    with_tx!(store, |tx, p| {
+        sqlx::query(TOMBSTONE_USER.for_store(store))
+            .bind(clerk_id.as_str())
+            .bind(now.and_utc().timestamp_millis())
+            .bind(now)
+            .persistent(p)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query(DELETE_USER)
+            .bind(clerk_id.as_str())
+            .persistent(p)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(ERASE_EVENT_PAYLOADS)
+            .bind(clerk_id.as_str())
+            .persistent(p)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted > 0)
+    })
+}
+
 async fn delete_user(
     store: &Store,
     event: &EventRow<'_>,

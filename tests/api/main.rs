@@ -17,6 +17,7 @@ mod outbox;
 mod outbox_delivery;
 mod pgbouncer;
 mod prisma;
+mod reconcile;
 mod replay;
 mod revert;
 mod signature;

@@ -38,6 +38,16 @@ struct FakeState {
     hang: (usize, std::time::Duration),
     /// Calls answered after hanging.
     hung_answered: usize,
+    /// `GET /v1/users` calls so far, and changes to make once that many have been made.
+    list_calls: usize,
+    list_mutations: Vec<(usize, ListMutation)>,
+}
+
+/// A change to Clerk's users while a scan pages through them.
+#[derive(Debug, Clone)]
+pub enum ListMutation {
+    Add(Value),
+    Remove(String),
 }
 
 #[derive(Clone)]
@@ -54,6 +64,7 @@ impl FakeClerk {
         let app = Router::new()
             .route("/v1/users/{id}/metadata", patch(fake_patch_metadata))
             .route("/v1/users/{id}", axum::routing::get(fake_get_user))
+            .route("/v1/users", axum::routing::get(fake_list_users))
             .with_state(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -74,6 +85,15 @@ impl FakeClerk {
     pub fn add_user(&self, user: Value) {
         let id = user["id"].as_str().unwrap().to_owned();
         self.state.lock().unwrap().users.insert(id, user);
+    }
+
+    /// Apply `change` right after the `after_calls`-th `GET /v1/users`.
+    pub fn on_list_call(&self, after_calls: usize, change: ListMutation) {
+        self.state
+            .lock()
+            .unwrap()
+            .list_mutations
+            .push((after_calls, change));
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -224,4 +244,70 @@ async fn fake_get_user(
             serde_json::json!({"errors": [{"code": "resource_not_found"}]}),
         ),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    order_by: Option<String>,
+    created_at_after: Option<i64>,
+}
+
+/// `GET /v1/users`: Clerk's shape (a JSON array of users), oldest first by `created_at`,
+/// after `created_at_after`, at most `limit` (default 10, Clerk's).
+async fn fake_list_users(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+    headers: HeaderMap,
+) -> (StatusCode, HeaderMap, Json<Value>) {
+    latency(&state).await;
+    let status = record(&state, "GET", "/v1/users".to_owned(), &headers, Value::Null);
+    if !status.is_success() {
+        return answer(status, serde_json::json!({"errors": []}));
+    }
+    assert_eq!(
+        q.order_by.as_deref(),
+        Some("+created_at"),
+        "the scan orders by creation"
+    );
+    let mut s = state.lock().unwrap();
+    let mut users: Vec<Value> = s
+        .users
+        .values()
+        .filter(|u| u["created_at"].as_i64().unwrap_or(0) > q.created_at_after.unwrap_or(i64::MIN))
+        .cloned()
+        .map(|mut u| {
+            if let Some(m) = s.metadata.get(u["id"].as_str().unwrap_or("")) {
+                u["public_metadata"] = m.clone();
+            }
+            u
+        })
+        .collect();
+    users.sort_by_key(|u| {
+        (
+            u["created_at"].as_i64().unwrap_or(0),
+            u["id"].as_str().unwrap_or("").to_owned(),
+        )
+    });
+    users.truncate(q.limit.unwrap_or(10).min(500));
+    s.list_calls += 1;
+    let calls = s.list_calls;
+    let due: Vec<ListMutation> = s
+        .list_mutations
+        .iter()
+        .filter(|(after, _)| *after == calls)
+        .map(|(_, m)| m.clone())
+        .collect();
+    for change in due {
+        match change {
+            ListMutation::Add(user) => {
+                let id = user["id"].as_str().unwrap().to_owned();
+                s.users.insert(id, user);
+            }
+            ListMutation::Remove(id) => {
+                s.users.remove(&id);
+            }
+        }
+    }
+    answer(status, Value::Array(users))
 }

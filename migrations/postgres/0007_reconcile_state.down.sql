@@ -1,0 +1,2 @@
+-- Back to version 6: the reconcile cursor goes (a scan under way starts over).
+DROP TABLE IF EXISTS clerk_sync."ReconcileState";

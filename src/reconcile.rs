@@ -1,0 +1,302 @@
+//! Reconcile with Clerk: webhooks are the fast path, Clerk's user list is the truth.
+//!
+//! One pass pages through Clerk's users oldest first (`created_at_after` as a cursor,
+//! never `offset`, which skips users when others are deleted mid-scan) and applies each
+//! one through the signup transaction of lazy provisioning: a user missing here is
+//! created with the same signup-bonus key as `user.created` (never a second bonus), one
+//! whose Clerk `updated_at` is newer than what was applied is updated, the rest are left
+//! alone. The cursor is stored after every page in `"ReconcileState"`, so an interrupted
+//! pass resumes where it stopped. Users here that Clerk no longer has are reported, and
+//! deleted only when asked. Clerk's rate limit is kept: requests are paced, and a 429's
+//! `Retry-After` is waited out.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::domain::ClerkUserId;
+use crate::outbox::{ClerkClient, DeliveryError};
+use crate::signup::{self, Outcome, SignupSettings};
+use crate::store::{self, OwnTablesSql, Store, StoreError};
+use crate::webhooks::clerk_event::profile_from_user;
+use crate::with_pool;
+
+/// Clerk's largest page.
+pub const PAGE_SIZE: u32 = 500;
+
+#[derive(Debug, Clone)]
+pub struct ReconcileOptions {
+    /// Change nothing: apply each user in a transaction that is rolled back.
+    pub dry_run: bool,
+    /// Only users created at or after this time (ms); a fresh pass, not resumed.
+    pub since_ms: Option<i64>,
+    /// Clerk requests per second.
+    pub rate_per_second: u32,
+    /// Delete the users Clerk no longer has (otherwise they are only reported).
+    pub delete: bool,
+    pub page_size: u32,
+}
+
+impl Default for ReconcileOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            since_ms: None,
+            rate_per_second: 10,
+            delete: false,
+            page_size: PAGE_SIZE,
+        }
+    }
+}
+
+/// What a pass did (or, dry, would do).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub dry_run: bool,
+    /// The pass resumed an interrupted one from this cursor (ms).
+    pub resumed_from: Option<i64>,
+    pub pages: usize,
+    pub scanned: usize,
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    /// Clerk users that cannot be provisioned (no email address, …), with why.
+    pub unprovisionable: Vec<String>,
+    /// Users here that Clerk no longer has.
+    pub deleted_in_clerk: Vec<String>,
+    /// Of those, deleted here (`--delete`).
+    pub deleted: usize,
+}
+
+impl Summary {
+    pub fn changed_anything(&self) -> bool {
+        self.created + self.updated + self.deleted > 0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the Clerk API: {0}")]
+    Clerk(DeliveryError),
+}
+
+const STATE_NAME: &str = "users";
+
+static LOAD_CURSOR: OwnTablesSql =
+    OwnTablesSql::new(r#"SELECT "createdAtAfter" FROM {own}"ReconcileState" WHERE "name" = $1"#);
+
+static SAVE_CURSOR: OwnTablesSql = OwnTablesSql::new(
+    r#"
+INSERT INTO {own}"ReconcileState" ("name", "createdAtAfter", "startedAt", "finishedAt", "updatedAt")
+VALUES ($1, $2, $3, NULL, $3)
+ON CONFLICT ("name") DO UPDATE SET "createdAtAfter" = excluded."createdAtAfter",
+    "finishedAt" = NULL, "updatedAt" = excluded."updatedAt""#,
+);
+
+static FINISH: OwnTablesSql = OwnTablesSql::new(
+    r#"
+UPDATE {own}"ReconcileState" SET "createdAtAfter" = NULL, "finishedAt" = $2, "updatedAt" = $2
+WHERE "name" = $1"#,
+);
+
+const LOCAL_USERS: &str = r#"SELECT "clerkId" FROM "User""#;
+
+async fn local_users(store: &Store) -> Result<Vec<String>, StoreError> {
+    Ok(with_pool!(store, |pool, p| {
+        sqlx::query_scalar(LOCAL_USERS)
+            .persistent(p)
+            .fetch_all(pool)
+            .await?
+    }))
+}
+
+async fn load_cursor(store: &Store) -> Result<Option<i64>, StoreError> {
+    let cursor: Option<Option<i64>> = with_pool!(store, |pool, p| {
+        sqlx::query_scalar(LOAD_CURSOR.for_store(store))
+            .bind(STATE_NAME)
+            .persistent(p)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(cursor.flatten())
+}
+
+async fn save_cursor(store: &Store, cursor: i64) -> Result<(), StoreError> {
+    with_pool!(store, |pool, p| {
+        sqlx::query(SAVE_CURSOR.for_store(store))
+            .bind(STATE_NAME)
+            .bind(cursor)
+            .bind(store::now())
+            .persistent(p)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
+async fn finish(store: &Store) -> Result<(), StoreError> {
+    with_pool!(store, |pool, p| {
+        sqlx::query(FINISH.for_store(store))
+            .bind(STATE_NAME)
+            .bind(store::now())
+            .persistent(p)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
+/// A Clerk call, paced, and tried again on 429 (after its `Retry-After`) and on other
+/// retryable failures (1 s, 2 s, 4 s, … up to six tries).
+async fn call_clerk<T, F, Fut>(interval: Duration, mut call: F) -> Result<T, ReconcileError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DeliveryError>>,
+{
+    let mut backoff = Duration::from_secs(1);
+    for attempt in 1.. {
+        tokio::time::sleep(interval).await;
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(DeliveryError::Retryable {
+                reason,
+                retry_after,
+            }) if attempt < 6 => {
+                let wait = retry_after.unwrap_or(backoff);
+                warn!(reason = %reason, wait_ms = wait.as_millis() as u64, "Clerk API refused; waiting");
+                tokio::time::sleep(wait).await;
+                backoff *= 2;
+            }
+            Err(e) => return Err(ReconcileError::Clerk(e)),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// One pass. `progress` is called after every page.
+pub async fn run(
+    store: &Store,
+    clerk: &ClerkClient,
+    settings: &SignupSettings,
+    options: &ReconcileOptions,
+    progress: &mut (dyn FnMut(&Summary) + Send),
+) -> Result<Summary, ReconcileError> {
+    let interval = Duration::from_secs(1) / options.rate_per_second.max(1);
+    let mut summary = Summary {
+        dry_run: options.dry_run,
+        ..Summary::default()
+    };
+    let mut cursor = match options.since_ms {
+        Some(since) => Some(since - 1),
+        None => {
+            let stored = load_cursor(store).await?;
+            summary.resumed_from = stored;
+            stored
+        }
+    };
+    let complete_scan = options.since_ms.is_none() && summary.resumed_from.is_none();
+    let mut seen: HashSet<String> = HashSet::new();
+    loop {
+        let page = call_clerk(interval, || clerk.list_users(options.page_size, cursor)).await?;
+        summary.pages += 1;
+        let mut newest = cursor;
+        for user in &page {
+            let created_at = user["created_at"].as_i64();
+            newest = newest.max(created_at);
+            let Some(id) = user["id"].as_str() else {
+                continue;
+            };
+            if !seen.insert(id.to_owned()) {
+                // Listed again at a page boundary (same creation millisecond).
+                continue;
+            }
+            summary.scanned += 1;
+            let profile = match profile_from_user(user, None) {
+                Ok(profile) => profile,
+                Err(e) => {
+                    summary.unprovisionable.push(format!("{id}: {e}"));
+                    continue;
+                }
+            };
+            let outcome = if options.dry_run {
+                let mut tx = store.begin().await?;
+                let outcome =
+                    signup::provision_in(&mut tx, settings.signup_credits, &profile).await;
+                tx.rollback().await?;
+                outcome?
+            } else {
+                signup::provision(store, settings, &profile).await?
+            };
+            match outcome {
+                Outcome::Processed(signup::Action::Created) => summary.created += 1,
+                Outcome::Processed(_) => summary.updated += 1,
+                Outcome::Failed(reason) => summary.unprovisionable.push(format!("{id}: {reason}")),
+                Outcome::Ignored(_) | Outcome::Duplicate => summary.unchanged += 1,
+            }
+        }
+        // Users created in the same millisecond as the last one may straddle two pages:
+        // list from one millisecond earlier; `seen` skips the repeats.
+        let next = newest.map(|ms| ms - 1);
+        if !options.dry_run {
+            if let Some(next) = next {
+                save_cursor(store, next).await?;
+            }
+        }
+        progress(&summary);
+        if (page.len() as u32) < options.page_size {
+            break;
+        }
+        if next <= cursor {
+            warn!("a whole page of users shares one creation millisecond; stopping here");
+            break;
+        }
+        cursor = next;
+    }
+    if complete_scan {
+        deleted_in_clerk(store, clerk, interval, &seen, options, &mut summary).await?;
+    }
+    if !options.dry_run {
+        finish(store).await?;
+    }
+    info!(
+        scanned = summary.scanned,
+        created = summary.created,
+        updated = summary.updated,
+        deleted_in_clerk = summary.deleted_in_clerk.len(),
+        "reconcile pass finished"
+    );
+    Ok(summary)
+}
+
+/// Users here whom a complete scan did not list: asked about one by one (a user created
+/// after the scan began is listed by then, so only a 404 counts as deleted).
+async fn deleted_in_clerk(
+    store: &Store,
+    clerk: &ClerkClient,
+    interval: Duration,
+    seen: &HashSet<String>,
+    options: &ReconcileOptions,
+    summary: &mut Summary,
+) -> Result<(), ReconcileError> {
+    let local = local_users(store).await?;
+    for clerk_id in local.into_iter().filter(|id| !seen.contains(id)) {
+        let found = call_clerk(interval, || clerk.get_user(&clerk_id)).await?;
+        if found.is_some() {
+            continue;
+        }
+        if options.delete && !options.dry_run {
+            if let Ok(id) = ClerkUserId::parse(&clerk_id) {
+                if signup::forget(store, &id).await? {
+                    summary.deleted += 1;
+                }
+            }
+        }
+        summary.deleted_in_clerk.push(clerk_id);
+    }
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! `clerk-sync reconcile` against a fake Clerk that serves its user list in Clerk's shape
+//! and pages: missing users provisioned once, stale ones updated, deleted ones reported;
+//! an interrupted pass resumed; users created and deleted mid-scan; webhooks racing it.
+
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::diagnose::clerk_sync;
+use crate::helpers::*;
+
+both_backends!(
+    one_pass_provisions_the_missing_updates_the_stale_and_reports_the_deleted,
+    an_interrupted_pass_resumes_and_users_changing_mid_scan_are_neither_skipped_nor_doubled,
+    webhooks_racing_a_pass_give_one_user_and_one_bonus,
+);
+
+const T0: i64 = 1_700_000_000_000;
+
+/// Clerk user `i`: created at `T0 + i / 2` seconds, so pairs share a millisecond and
+/// straddle page boundaries.
+fn clerk_user(i: usize) -> Value {
+    let mut user = fixture_json("clerk-user-created.json")["data"].clone();
+    let created = T0 + (i as i64 / 2) * 1000;
+    user["id"] = json!(format!("user_rc{i}"));
+    user["email_addresses"][0]["email_address"] = json!(format!("rc{i}@example.org"));
+    user["created_at"] = json!(created);
+    user["updated_at"] = json!(created);
+    user
+}
+
+fn created_event(user: &Value) -> Vec<u8> {
+    let mut event = fixture_json("clerk-user-created.json");
+    event["data"] = user.clone();
+    serde_json::to_vec(&event).unwrap()
+}
+
+fn reconcile(db: &TestDb, clerk: &FakeClerk, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "reconcile",
+        "--database-url",
+        &db.url,
+        "--clerk-api-url",
+        &clerk.url,
+        "--clerk-secret-key",
+        FakeClerk::KEY,
+        "--rate",
+        "100",
+    ];
+    args.extend_from_slice(extra);
+    clerk_sync(&args)
+}
+
+fn summary(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+async fn one_pass_provisions_the_missing_updates_the_stale_and_reports_the_deleted(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    let app = TestApp::spawn(&db).await;
+    // 1,000 users in Clerk. 700 are here already (their user.created arrived), 20 of them
+    // since deleted in Clerk; 300 of Clerk's never arrived; 50 changed in Clerk after.
+    for i in 0..1000 {
+        let user = clerk_user(i);
+        if i < 700 {
+            let (s, _) = status_json(
+                app.post_webhook(&format!("msg_rc{i}"), &created_event(&user))
+                    .await,
+            )
+            .await;
+            assert_eq!(s, 200);
+        }
+        let mut now = user.clone();
+        if (100..150).contains(&i) {
+            now["updated_at"] = json!(user["updated_at"].as_i64().unwrap() + 500);
+            now["last_name"] = json!("Newer");
+        }
+        if !(600..620).contains(&i) {
+            clerk.add_user(now);
+        }
+    }
+
+    let (ok, out, err) = reconcile(&db, &clerk, &["--dry-run", "--json"]);
+    assert!(ok, "{out}{err}");
+    let dry = summary(&out);
+    assert_eq!(
+        (dry["created"].as_u64(), dry["updated"].as_u64()),
+        (Some(300), Some(50))
+    );
+    assert_eq!(
+        users(&app.store).await.len(),
+        700,
+        "a dry run changes nothing"
+    );
+
+    let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
+    assert!(ok, "{out}{err}");
+    let first = summary(&out);
+    assert_eq!(first["scanned"], 980);
+    assert_eq!(first["created"], 300);
+    assert_eq!(first["updated"], 50);
+    assert_eq!(first["unchanged"], 630);
+    assert_eq!(first["deletedInClerk"].as_array().unwrap().len(), 20);
+    assert_eq!(first["deleted"], 0);
+    assert!(first["deletedInClerk"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("user_rc600")));
+
+    let all = users(&app.store).await;
+    assert_eq!(all.len(), 1000, "980 in Clerk + 20 only reported");
+    let newer = all
+        .iter()
+        .filter(|u| u.last_name.as_deref() == Some("Newer"));
+    assert_eq!(newer.count(), 50);
+    let bonuses = ledger(&app.store)
+        .await
+        .into_iter()
+        .filter(|t| t.reason.as_deref() == Some("signup_bonus"))
+        .count();
+    assert_eq!(bonuses, 1000, "one bonus per user, none twice");
+    assert_eq!(
+        jobs(&app.store).await.len(),
+        1000,
+        "a metadata job per user"
+    );
+    assert_ledger_adds_up(&app.store).await;
+
+    // The second pass changes nothing, and says so.
+    let (ok, out, err) = reconcile(&db, &clerk, &[]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("nothing to change"), "{out}");
+    assert!(out.contains("unchanged: 980"), "{out}");
+    assert!(
+        out.contains("deleted in Clerk but still here: 20 (run with --delete"),
+        "{out}"
+    );
+
+    // --delete removes them (their ledger rows stay).
+    let (ok, out, err) = reconcile(&db, &clerk, &["--delete", "--json"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(summary(&out)["deleted"], 20);
+    assert_eq!(users(&app.store).await.len(), 980);
+    assert_ledger_adds_up(&app.store).await;
+}
+
+async fn an_interrupted_pass_resumes_and_users_changing_mid_scan_are_neither_skipped_nor_doubled(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    let app = TestApp::spawn(&db).await;
+    for i in 0..1200 {
+        clerk.add_user(clerk_user(i));
+    }
+    // After the first page: a user is created and one not yet listed is deleted.
+    let mut late = clerk_user(5000);
+    late["created_at"] = json!(T0 + 10_000_000);
+    clerk.on_list_call(1, ListMutation::Add(late));
+    clerk.on_list_call(1, ListMutation::Remove("user_rc900".into()));
+    // The pass stops at its second page: Clerk refuses it (as a process killed there).
+    clerk.script(&[200, 400]);
+    let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("Clerk API"), "{err}");
+    assert_eq!(users(&app.store).await.len(), 500, "the first page, kept");
+
+    let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
+    assert!(ok, "{out}{err}");
+    let resumed = summary(&out);
+    assert!(resumed["resumedFrom"].is_i64(), "{resumed}");
+    let all = users(&app.store).await;
+    let ids: std::collections::HashSet<&str> = all.iter().map(|u| u.clerk_id.as_str()).collect();
+    assert_eq!(ids.len(), all.len(), "no user twice");
+    assert_eq!(all.len(), 1200, "1,200 − user_rc900 + user_rc5000");
+    assert!(ids.contains("user_rc5000") && !ids.contains("user_rc900"));
+    for i in (0..1200).filter(|i| *i != 900) {
+        assert!(
+            ids.contains(format!("user_rc{i}").as_str()),
+            "user_rc{i} skipped"
+        );
+    }
+    let bonuses = ledger(&app.store).await.len();
+    assert_eq!(bonuses, 1200, "no second bonus");
+
+    // A complete pass afterwards changes nothing.
+    let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
+    assert!(ok, "{out}{err}");
+    let again = summary(&out);
+    assert_eq!(
+        (again["created"].as_u64(), again["updated"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_ledger_adds_up(&app.store).await;
+}
+
+async fn webhooks_racing_a_pass_give_one_user_and_one_bonus(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    let app = TestApp::spawn(&db).await;
+    let users_in_clerk: Vec<Value> = (0..300).map(clerk_user).collect();
+    for u in &users_in_clerk {
+        clerk.add_user(u.clone());
+    }
+    let pass = tokio::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
+        .args([
+            "reconcile",
+            "--json",
+            "--database-url",
+            &db.url,
+            "--clerk-api-url",
+            &clerk.url,
+            "--clerk-secret-key",
+            FakeClerk::KEY,
+            "--rate",
+            "100",
+        ])
+        .env_remove("DIRECT_URL")
+        .output();
+    let hooks = async {
+        for (i, u) in users_in_clerk.iter().enumerate().rev() {
+            let (s, _) = status_json(
+                app.post_webhook(&format!("msg_race{i}"), &created_event(u))
+                    .await,
+            )
+            .await;
+            assert_eq!(s, 200);
+        }
+    };
+    let (out, ()) = tokio::join!(pass, hooks);
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = users(&app.store).await;
+    assert_eq!(all.len(), 300);
+    let bonuses = ledger(&app.store).await;
+    assert_eq!(bonuses.len(), 300, "one bonus each");
+    assert_eq!(jobs(&app.store).await.len(), 300);
+    assert_ledger_adds_up(&app.store).await;
+}
