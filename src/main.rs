@@ -242,8 +242,12 @@ fn render_reconcile(s: &clerk_sync::reconcile::Summary, took: Duration) -> Strin
     }
     if s.dry_run {
         out.push_str("dry run: nothing changed\n");
-    } else if !s.changed_anything() {
+    } else if !s.changed_anything() && s.deleted_in_clerk.is_empty() {
         out.push_str("nothing to change: the database matches Clerk\n");
+    } else if !s.changed_anything() {
+        out.push_str(
+            "nothing to change: every Clerk user is here and current (the users above are only reported)\n",
+        );
     }
     out
 }

@@ -287,7 +287,10 @@ async fn sigterm(p: &Profile) -> Row {
 /// memory back when they are gone.
 async fn idle_and_slow_connections(p: &Profile) -> Row {
     let db = TestDb::new(Backend::Postgres).await;
-    let service = Service::start(&env_for(&db.url, None)).await;
+    let mut env = env_for(&db.url, None);
+    env.push(("MAX_CONNECTIONS", "200".into()));
+    env.push(("HEADER_READ_TIMEOUT_MS", "3000".into()));
+    let service = Service::start(&env).await;
     let client = reqwest::Client::new();
     let health = format!("{}/healthz", service.base);
     let _ = client.get(&health).send().await;
@@ -332,7 +335,7 @@ async fn idle_and_slow_connections(p: &Profile) -> Row {
     Row {
         scenario: "idle and slow connections".into(),
         load: format!("{opened} connections held open (half silent, half slow)"),
-        fault: "MAX_CONNECTIONS=512, HEADER_READ_TIMEOUT_MS=10000 (defaults)".into(),
+        fault: "MAX_CONNECTIONS=200, HEADER_READ_TIMEOUT_MS=3000".into(),
         tally: Tally::default(),
         measured: format!(
             "a new connection's /healthz answered in {health_ms} ms; RSS {} MB idle, {} MB held, {} MB after",
