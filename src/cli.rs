@@ -330,6 +330,11 @@ pub struct ServeArgs {
     /// API answers 429 beyond its rate limit; a 429's Retry-After pauses every delivery).
     #[arg(long, env = "OUTBOX_RATE_PER_SECOND", default_value_t = 50)]
     pub outbox_rate_per_second: u32,
+
+    /// Reconcile with Clerk's user list this often inside serve (`30s`, `15m`, `6h`; one
+    /// replica at a time). Unset: never (run `clerk-sync reconcile` instead).
+    #[arg(long, env = "RECONCILE_INTERVAL")]
+    pub reconcile_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

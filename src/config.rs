@@ -86,6 +86,8 @@ pub struct ClerkSettings {
     /// Clerk calls per second from the outbox, all deliveries together
     /// (`OUTBOX_RATE_PER_SECOND`).
     pub outbox_rate_per_second: u32,
+    /// Reconcile inside `serve` this often (`RECONCILE_INTERVAL`); `None`: never.
+    pub reconcile_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +161,12 @@ impl Config {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if args.reconcile_interval.is_some() && secret_key.is_none() {
+            return Err(invalid(
+                "RECONCILE_INTERVAL",
+                "needs CLERK_SECRET_KEY: reconcile reads Clerk's user list with it",
+            ));
+        }
         Ok(Self {
             database,
             listen: SocketAddr::new(ip, args.port),
@@ -171,6 +179,11 @@ impl Config {
                     n @ 1..=256 => n,
                     _ => return Err(invalid("OUTBOX_CONCURRENCY", "must be between 1 and 256")),
                 },
+                reconcile_interval: args
+                    .reconcile_interval
+                    .as_deref()
+                    .map(parse_interval)
+                    .transpose()?,
                 outbox_rate_per_second: match args.outbox_rate_per_second {
                     n @ 1..=10_000 => n,
                     _ => {
@@ -203,6 +216,25 @@ impl Default for ServerSettings {
             max_connections: 512,
             shutdown_drain: Duration::from_secs(10),
         }
+    }
+}
+
+/// `RECONCILE_INTERVAL`: a number with `s`, `m` or `h`, from 1 s to 7 days.
+fn parse_interval(raw: &str) -> Result<Duration, ConfigError> {
+    let raw = raw.trim();
+    let (digits, unit) = raw.split_at(raw.len().saturating_sub(1));
+    let seconds = digits.parse::<u64>().ok().and_then(|n| match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    });
+    match seconds {
+        Some(s @ 1..=604_800) => Ok(Duration::from_secs(s)),
+        _ => Err(invalid(
+            "RECONCILE_INTERVAL",
+            "must be a duration such as 30s, 15m or 6h (1s to 168h)",
+        )),
     }
 }
 
@@ -269,6 +301,39 @@ mod tests {
         assert_eq!(c.signup_credits, 20);
         assert_eq!(c.database.pool_max, 2, "one SQLite writer at a time");
         assert!(c.webhook_secrets.is_empty());
+    }
+
+    #[test]
+    fn reconcile_interval_parses_units_and_needs_the_clerk_key() {
+        let with = |interval: &str| {
+            serve(&[
+                "--database-url",
+                "sqlite://data/x.db",
+                "--clerk-secret-key",
+                "sk_test_x",
+                "--reconcile-interval",
+                interval,
+            ])
+        };
+        for (raw, secs) in [("30s", 30), ("15m", 900), ("6h", 21_600)] {
+            let c = with(raw).unwrap();
+            assert_eq!(c.clerk.reconcile_interval, Some(Duration::from_secs(secs)));
+        }
+        for bad in ["0s", "1d", "15", "m", "", "169h"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("RECONCILE_INTERVAL"), "{bad}: {e}");
+        }
+        let e = serve(&[
+            "--database-url",
+            "sqlite://data/x.db",
+            "--reconcile-interval",
+            "1h",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs CLERK_SECRET_KEY"), "{e}");
+        let c = serve(&["--database-url", "sqlite://data/x.db"]).unwrap();
+        assert_eq!(c.clerk.reconcile_interval, None);
     }
 
     #[test]

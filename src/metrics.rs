@@ -26,6 +26,12 @@ pub struct Metrics {
     pub signup_queue: QueueMetrics,
     /// HTTP connections open now.
     pub http_connections: Gauge,
+    /// Clerk users seen by reconcile passes inside `serve`, by outcome.
+    pub reconciled_users: Family<OutcomeLabel, Counter>,
+    /// Reconcile passes inside `serve`: done, failed, skipped (another replica's turn).
+    pub reconcile_passes: Family<OutcomeLabel, Counter>,
+    /// Unix time of the last reconcile pass that finished.
+    pub reconcile_last_success: Gauge,
 }
 
 impl Default for Metrics {
@@ -66,6 +72,24 @@ impl Default for Metrics {
             "HTTP connections open now (at most MAX_CONNECTIONS)",
             http_connections.clone(),
         );
+        let reconciled_users = Family::<OutcomeLabel, Counter>::default();
+        let reconcile_passes = Family::<OutcomeLabel, Counter>::default();
+        let reconcile_last_success = Gauge::default();
+        registry.register(
+            "reconciled_users",
+            "Clerk users seen by reconcile passes inside serve, by outcome",
+            reconciled_users.clone(),
+        );
+        registry.register(
+            "reconcile_passes",
+            "Reconcile passes inside serve: done, failed, skipped",
+            reconcile_passes.clone(),
+        );
+        registry.register(
+            "reconcile_last_success_timestamp_seconds",
+            "Unix time of the last reconcile pass that finished",
+            reconcile_last_success.clone(),
+        );
         Self {
             registry,
             webhook_events,
@@ -73,6 +97,9 @@ impl Default for Metrics {
             outbox_jobs,
             signup_queue,
             http_connections,
+            reconciled_users,
+            reconcile_passes,
+            reconcile_last_success,
         }
     }
 }

@@ -106,6 +106,127 @@ WHERE "name" = $1"#,
 
 const LOCAL_USERS: &str = r#"SELECT "clerkId" FROM "User""#;
 
+static TAKE_LEASE: OwnTablesSql = OwnTablesSql::new(
+    r#"
+INSERT INTO {own}"ReconcileState" ("name", "leaseHolder", "leaseUntil", "updatedAt")
+VALUES ($1, $2, $3, $4)
+ON CONFLICT ("name") DO UPDATE SET "leaseHolder" = excluded."leaseHolder",
+    "leaseUntil" = excluded."leaseUntil", "updatedAt" = excluded."updatedAt"
+WHERE "ReconcileState"."leaseUntil" IS NULL OR "ReconcileState"."leaseUntil" < $4
+   OR "ReconcileState"."leaseHolder" = $2
+RETURNING "name""#,
+);
+
+static RELEASE_LEASE: OwnTablesSql = OwnTablesSql::new(
+    r#"
+UPDATE {own}"ReconcileState" SET "leaseHolder" = NULL, "leaseUntil" = NULL
+WHERE "name" = $1 AND "leaseHolder" = $2"#,
+);
+
+/// Take the lease that lets one replica at a time run a pass inside `serve`, for `hold`;
+/// false while another replica holds it. A crashed holder's lease runs out.
+pub async fn take_lease(store: &Store, holder: &str, hold: Duration) -> Result<bool, StoreError> {
+    let now = store::now();
+    let until = now + chrono::Duration::from_std(hold).unwrap_or(chrono::Duration::hours(1));
+    let taken: Option<String> = with_pool!(store, |pool, p| {
+        sqlx::query_scalar(TAKE_LEASE.for_store(store))
+            .bind(STATE_NAME)
+            .bind(holder)
+            .bind(until)
+            .bind(now)
+            .persistent(p)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(taken.is_some())
+}
+
+pub async fn release_lease(store: &Store, holder: &str) -> Result<(), StoreError> {
+    with_pool!(store, |pool, p| {
+        sqlx::query(RELEASE_LEASE.for_store(store))
+            .bind(STATE_NAME)
+            .bind(holder)
+            .persistent(p)
+            .execute(pool)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Passes inside `serve`, every `interval`, by whichever replica holds the lease, until
+/// shutdown. Each pass resumes an interrupted one (its own or another replica's).
+pub async fn run_periodically(
+    store: Store,
+    clerk: ClerkClient,
+    settings: SignupSettings,
+    interval: Duration,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let holder = store::new_id();
+    // A pass holds the lease for at least ten minutes, renewed by the next pass.
+    let hold = interval.max(Duration::from_secs(600));
+    info!(
+        interval_s = interval.as_secs(),
+        "reconcile inside serve started"
+    );
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match take_lease(&store, &holder, hold).await {
+            Ok(false) => {
+                crate::metrics::Metrics::count(&metrics.reconcile_passes, "skipped");
+                continue;
+            }
+            Err(e) => {
+                warn!(error.message = %e, "reconcile could not take its lease");
+                crate::metrics::Metrics::count(&metrics.reconcile_passes, "failed");
+                continue;
+            }
+            Ok(true) => {}
+        }
+        let options = ReconcileOptions::default();
+        let mut quiet = |_: &Summary| {};
+        let pass = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            pass = run(&store, &clerk, &settings, &options, &mut quiet) => Some(pass),
+        };
+        match pass {
+            Some(Ok(summary)) => {
+                for (outcome, n) in [
+                    ("created", summary.created),
+                    ("updated", summary.updated),
+                    ("unchanged", summary.unchanged),
+                    ("unprovisionable", summary.unprovisionable.len()),
+                ] {
+                    metrics
+                        .reconciled_users
+                        .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+                        .inc_by(n as u64);
+                }
+                metrics
+                    .reconcile_last_success
+                    .set(chrono::Utc::now().timestamp());
+                crate::metrics::Metrics::count(&metrics.reconcile_passes, "done");
+            }
+            Some(Err(e)) => {
+                warn!(error.message = %e, "reconcile pass failed; the next one resumes it");
+                crate::metrics::Metrics::count(&metrics.reconcile_passes, "failed");
+            }
+            None => {}
+        }
+        if let Err(e) = release_lease(&store, &holder).await {
+            warn!(error.message = %e, "reconcile could not release its lease; it runs out");
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    info!("reconcile inside serve stopped");
+}
+
 async fn local_users(store: &Store) -> Result<Vec<String>, StoreError> {
     Ok(with_pool!(store, |pool, p| {
         sqlx::query_scalar(LOCAL_USERS)

@@ -37,6 +37,8 @@ pub struct Application {
     state: AppState,
     server: ServerSettings,
     worker: Option<(ClerkClient, WorkerSettings)>,
+    /// Reconcile with Clerk this often (`RECONCILE_INTERVAL`).
+    reconcile: Option<std::time::Duration>,
 }
 
 /// Apply pending migrations, over `DIRECT_URL` when it is set.
@@ -123,6 +125,7 @@ impl Application {
             listener,
             state,
             server: config.server,
+            reconcile: config.clerk.reconcile_interval,
             worker: worker.filter(|_| config.run_worker),
         })
     }
@@ -151,12 +154,28 @@ impl Application {
                 shutdown.clone(),
             ))
         });
+        let reconcile = match (self.reconcile, self.state.clerk.clone()) {
+            (Some(interval), Some(clerk)) => {
+                Some(tokio::spawn(crate::reconcile::run_periodically(
+                    self.state.store.clone(),
+                    clerk,
+                    self.state.signup,
+                    interval,
+                    self.state.metrics.clone(),
+                    shutdown.clone(),
+                )))
+            }
+            _ => None,
+        };
         info!(address = %self.listener.local_addr()?, "listening");
         let metrics = self.state.metrics.clone();
         let app = router(self.state);
         let served =
             server::serve(self.listener, app, self.server, metrics, shutdown.clone()).await;
         shutdown.cancel();
+        if let Some(reconcile) = reconcile {
+            let _ = reconcile.await;
+        }
         if let Some(worker) = worker {
             let _ = worker.await;
         }

@@ -7,5 +7,8 @@ CREATE TABLE IF NOT EXISTS clerk_sync."ReconcileState" (
     "createdAtAfter" BIGINT,
     "startedAt" TIMESTAMP(3),
     "finishedAt" TIMESTAMP(3),
+    -- The replica running a pass inside `serve` (RECONCILE_INTERVAL), until when.
+    "leaseHolder" TEXT,
+    "leaseUntil" TIMESTAMP(3),
     "updatedAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP
 );

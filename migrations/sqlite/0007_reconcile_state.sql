@@ -6,5 +6,8 @@ CREATE TABLE IF NOT EXISTS "ReconcileState" (
     "createdAtAfter" INTEGER,
     "startedAt" DATETIME,
     "finishedAt" DATETIME,
+    -- The replica running a pass inside `serve` (RECONCILE_INTERVAL), until when.
+    "leaseHolder" TEXT,
+    "leaseUntil" DATETIME,
     "updatedAt" DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP
 );

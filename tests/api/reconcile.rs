@@ -12,7 +12,89 @@ both_backends!(
     one_pass_provisions_the_missing_updates_the_stale_and_reports_the_deleted,
     an_interrupted_pass_resumes_and_users_changing_mid_scan_are_neither_skipped_nor_doubled,
     webhooks_racing_a_pass_give_one_user_and_one_bonus,
+    serve_reconciles_on_its_interval_one_replica_at_a_time,
 );
+
+/// A labelled metric, or 0 before it was first counted.
+async fn counted(app: &TestApp, name: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Two replicas with `RECONCILE_INTERVAL=1s`: the users webhooks missed appear without
+/// anyone running a command, each once; the lease lets one replica at a time run a pass.
+async fn serve_reconciles_on_its_interval_one_replica_at_a_time(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    let opts = AppOptions {
+        clerk_api_url: Some(clerk.url.clone()),
+        clerk_secret_key: Some(FakeClerk::KEY.to_owned()),
+        reconcile_interval: Some("1s".into()),
+        ..AppOptions::default()
+    };
+    let a = TestApp::spawn_with(&db, opts.clone()).await;
+    for i in 0..30 {
+        let user = clerk_user(i);
+        if i < 10 {
+            let (s, _) = status_json(
+                a.post_webhook(&format!("msg_sv{i}"), &created_event(&user))
+                    .await,
+            )
+            .await;
+            assert_eq!(s, 200);
+        }
+        clerk.add_user(user);
+    }
+    let b = TestApp::spawn_with(&db, opts).await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while users(&a.store).await.len() < 30 {
+        assert!(std::time::Instant::now() < deadline, "not reconciled");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Let a few more passes run: they change nothing.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let created = counted(
+        &a,
+        r#"clerk_sync_reconciled_users_total{outcome="created"}"#,
+    )
+    .await
+        + counted(
+            &b,
+            r#"clerk_sync_reconciled_users_total{outcome="created"}"#,
+        )
+        .await;
+    assert_eq!(
+        created, 20.0,
+        "each missing user created once, by one replica"
+    );
+    let done = counted(&a, r#"clerk_sync_reconcile_passes_total{outcome="done"}"#).await
+        + counted(&b, r#"clerk_sync_reconcile_passes_total{outcome="done"}"#).await;
+    assert!(done >= 2.0, "{done} passes");
+    let last = counted(&a, "clerk_sync_reconcile_last_success_timestamp_seconds")
+        .await
+        .max(counted(&b, "clerk_sync_reconcile_last_success_timestamp_seconds").await);
+    assert!(last > 1.7e9, "{last}");
+    assert_eq!(ledger(&a.store).await.len(), 30, "one bonus each");
+    assert_ledger_adds_up(&a.store).await;
+
+    // The lease itself: held, refused to another, released, taken.
+    let hold = std::time::Duration::from_secs(60);
+    let store = db.store().await;
+    use clerk_sync::reconcile::{release_lease, take_lease};
+    a.stop().await;
+    b.stop().await;
+    assert!(take_lease(&store, "one", hold).await.unwrap());
+    assert!(!take_lease(&store, "two", hold).await.unwrap());
+    assert!(
+        take_lease(&store, "one", hold).await.unwrap(),
+        "renewed by its holder"
+    );
+    release_lease(&store, "one").await.unwrap();
+    assert!(take_lease(&store, "two", hold).await.unwrap());
+}
 
 const T0: i64 = 1_700_000_000_000;
 

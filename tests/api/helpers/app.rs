@@ -24,6 +24,8 @@ pub struct AppOptions {
     /// Overrides `DATABASE_URL` (e.g. to go through a proxy that can be cut).
     pub database_url: Option<String>,
     pub api_keys: String,
+    /// `RECONCILE_INTERVAL`; unset: no reconcile inside serve.
+    pub reconcile_interval: Option<String>,
     /// `HEADER_READ_TIMEOUT_MS`, `MAX_CONNECTIONS`, `SHUTDOWN_DRAIN_MS`; unset: the defaults.
     pub header_read_timeout_ms: Option<u64>,
     pub max_connections: Option<usize>,
@@ -40,6 +42,7 @@ impl Default for AppOptions {
             secret: SECRET.to_owned(),
             database_url: None,
             api_keys: format!("{API_KEY},{API_KEY_2}"),
+            reconcile_interval: None,
             header_read_timeout_ms: None,
             max_connections: None,
             shutdown_drain_ms: None,
@@ -94,6 +97,7 @@ pub fn config_for(db: &TestDb, opts: &AppOptions) -> Config {
             "--shutdown-drain-ms",
             opts.shutdown_drain_ms.map(|v| v.to_string()),
         ),
+        ("--reconcile-interval", opts.reconcile_interval.clone()),
     ];
     for (flag, value) in &limits {
         if let Some(value) = value {
