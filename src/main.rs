@@ -185,8 +185,20 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     let mut progress = |s: &reconcile::Summary| {
         if tty {
             let rate = s.scanned as f64 / started.elapsed().as_secs_f64().max(0.001);
+            let eta = s
+                .clerk_total
+                .filter(|_| rate > 0.0)
+                .map(|total| {
+                    let left = total.saturating_sub(s.scanned as u64) as f64 / rate;
+                    format!(", ETA {left:.0} s")
+                })
+                .unwrap_or_default();
+            let of = s
+                .clerk_total
+                .map(|t| format!(" of {t}"))
+                .unwrap_or_default();
             eprint!(
-                "\rpage {}: scanned {}, created {}, updated {}, {:.0} users/s   ",
+                "\rpage {}: scanned {}{of}, created {}, updated {}, {:.0} users/s{eta}   ",
                 s.pages, s.scanned, s.created, s.updated, rate
             );
         }

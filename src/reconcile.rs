@@ -56,6 +56,8 @@ impl Default for ReconcileOptions {
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub dry_run: bool,
+    /// How many users Clerk has, when it said (for progress and an ETA).
+    pub clerk_total: Option<u64>,
     /// The pass resumed an interrupted one from this cursor (ms).
     pub resumed_from: Option<i64>,
     pub pages: usize,
@@ -321,6 +323,8 @@ pub async fn run(
         }
     };
     let complete_scan = options.since_ms.is_none() && summary.resumed_from.is_none();
+    // Only for progress: a pass goes on without it.
+    summary.clerk_total = call_clerk(interval, || clerk.count_users()).await.ok();
     let mut seen: HashSet<String> = HashSet::new();
     loop {
         let page = call_clerk(interval, || clerk.list_users(options.page_size, cursor)).await?;

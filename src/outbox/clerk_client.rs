@@ -130,6 +130,26 @@ impl ClerkClient {
     }
 }
 
+impl ClerkClient {
+    /// How many users Clerk has: `GET /v1/users/count` (for a scan's ETA).
+    pub async fn count_users(&self) -> Result<u64, DeliveryError> {
+        let response = self
+            .http
+            .get(self.url("/v1/users/count"))
+            .bearer_auth(&self.secret_key.0)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        classify(response.status(), response.headers())?;
+        let body: serde_json::Value = response.json().await.map_err(|_| {
+            DeliveryError::Permanent("Clerk API answered a count that is not JSON".to_owned())
+        })?;
+        body["total_count"].as_u64().ok_or_else(|| {
+            DeliveryError::Permanent("Clerk API answered a count without total_count".to_owned())
+        })
+    }
+}
+
 fn unreachable(e: reqwest::Error) -> DeliveryError {
     DeliveryError::Retryable {
         reason: if e.is_timeout() {

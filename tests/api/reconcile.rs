@@ -181,6 +181,7 @@ async fn one_pass_provisions_the_missing_updates_the_stale_and_reports_the_delet
     assert!(ok, "{out}{err}");
     let first = summary(&out);
     assert_eq!(first["scanned"], 980);
+    assert_eq!(first["clerkTotal"], 980, "the count a terminal's ETA uses");
     assert_eq!(first["created"], 300);
     assert_eq!(first["updated"], 50);
     assert_eq!(first["unchanged"], 630);
@@ -243,7 +244,8 @@ async fn an_interrupted_pass_resumes_and_users_changing_mid_scan_are_neither_ski
     clerk.on_list_call(1, ListMutation::Add(late));
     clerk.on_list_call(1, ListMutation::Remove("user_rc900".into()));
     // The pass stops at its second page: Clerk refuses it (as a process killed there).
-    clerk.script(&[200, 400]);
+    // The calls: the user count, page 1, page 2.
+    clerk.script(&[200, 200, 400]);
     let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
     assert!(!ok, "{out}");
     assert!(err.contains("Clerk API"), "{err}");

@@ -65,6 +65,7 @@ impl FakeClerk {
             .route("/v1/users/{id}/metadata", patch(fake_patch_metadata))
             .route("/v1/users/{id}", axum::routing::get(fake_get_user))
             .route("/v1/users", axum::routing::get(fake_list_users))
+            .route("/v1/users/count", axum::routing::get(fake_count_users))
             .with_state(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -310,4 +311,23 @@ async fn fake_list_users(
         }
     }
     answer(status, Value::Array(users))
+}
+
+/// `GET /v1/users/count`, in Clerk's shape.
+async fn fake_count_users(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    headers: HeaderMap,
+) -> (StatusCode, HeaderMap, Json<Value>) {
+    let status = record(
+        &state,
+        "GET",
+        "/v1/users/count".to_owned(),
+        &headers,
+        Value::Null,
+    );
+    let n = state.lock().unwrap().users.len();
+    answer(
+        status,
+        serde_json::json!({"object": "total_count", "total_count": n}),
+    )
 }
