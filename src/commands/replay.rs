@@ -134,6 +134,14 @@ pub async fn run(
         }
         report.events.push(replayed);
     }
+    if !dry_run {
+        tracing::info!(
+            replayed = report.events.len(),
+            outcome = %report.summary(),
+            without_payload = report.without_payload,
+            "replayed failed events"
+        );
+    }
     Ok(report)
 }
 

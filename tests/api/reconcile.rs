@@ -13,7 +13,60 @@ both_backends!(
     an_interrupted_pass_resumes_and_users_changing_mid_scan_are_neither_skipped_nor_doubled,
     webhooks_racing_a_pass_give_one_user_and_one_bonus,
     serve_reconciles_on_its_interval_one_replica_at_a_time,
+    a_pass_killed_mid_page_and_run_again_ends_in_the_same_state,
 );
+
+/// kill -9 in the middle of a page (some of its users applied, its cursor not yet saved),
+/// then run again: the same end state, no user twice, no second bonus.
+async fn a_pass_killed_mid_page_and_run_again_ends_in_the_same_state(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    let app = TestApp::spawn(&db).await;
+    for i in 0..800 {
+        clerk.add_user(clerk_user(i));
+    }
+    let mut pass = tokio::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
+        .args([
+            "reconcile",
+            "--database-url",
+            &db.url,
+            "--clerk-api-url",
+            &clerk.url,
+            "--clerk-secret-key",
+            FakeClerk::KEY,
+            "--rate",
+            "100",
+        ])
+        .env_remove("DIRECT_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let n = users(&app.store).await.len();
+        if n >= 100 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pass made no progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    pass.kill().await.unwrap();
+    let partial = users(&app.store).await.len();
+    assert!(partial < 800, "killed before the end: {partial}");
+
+    let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
+    assert!(ok, "{out}{err}");
+    let all = users(&app.store).await;
+    let ids: std::collections::HashSet<&str> = all.iter().map(|u| u.clerk_id.as_str()).collect();
+    assert_eq!((all.len(), ids.len()), (800, 800), "every user, none twice");
+    assert_eq!(ledger(&app.store).await.len(), 800, "no second bonus");
+    assert_eq!(jobs(&app.store).await.len(), 800);
+    assert_ledger_adds_up(&app.store).await;
+}
 
 /// A labelled metric, or 0 before it was first counted.
 async fn counted(app: &TestApp, name: &str) -> f64 {
