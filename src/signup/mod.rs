@@ -1,7 +1,8 @@
 //! THE signup transaction. Everything that happens when Clerk tells us about a user is in
 //! this module, for both backends: the decisions here, the statements they share in
 //! `statements.rs`, and next to each other `postgres.rs` (the ONE statement), `queue.rs`
-//! (webhooks that wait share it) and `stepwise.rs` (SQLite, and lazy provisioning).
+//! (webhooks that wait share it) and `stepwise.rs` (SQLite, and lazy provisioning);
+//! `delete.rs` deletes a user.
 //!
 //! For `user.created` / `user.updated`, in ONE transaction:
 //! 1. insert the `"WebhookEvent"` row keyed by `svix-id`: no row back means the message was
@@ -44,6 +45,8 @@ use crate::webhooks::clerk_event::{parse_envelope, EventType, UserProfile};
 use crate::webhooks::VerifiedWebhook;
 use crate::with_tx;
 
+use delete::delete_user;
+pub use delete::forget;
 use postgres::upsert_user_postgres;
 pub use postgres::{new_user_statements_postgres, PG_SIGNUP_ARRAY_PARAMS};
 pub use queue::SignupQueue;
@@ -51,6 +54,7 @@ use statements::*;
 pub(crate) use statements::{insert_probe_user, INSERT_USER, UPDATE_USER};
 use stepwise::upsert_user_stepwise;
 
+mod delete;
 mod postgres;
 mod queue;
 mod statements;
@@ -411,80 +415,6 @@ pub async fn provision_in(
             UpsertResult::Refused(reason) => Outcome::Failed(reason),
         },
     )
-}
-
-/// Delete a user that Clerk no longer has, as `user.deleted` would but with no event to
-/// record (`reconcile --delete`): the user row goes (ledger rows stay), its events'
-/// payloads are erased, and the Clerk id is tombstoned.
-pub async fn forget(store: &Store, clerk_id: &ClerkUserId) -> Result<bool, StoreError> {
-    let now = store::now();
-    with_tx!(store, |tx, p| {
-        sqlx::query(TOMBSTONE_USER.for_store(store))
-            .bind(clerk_id.as_str())
-            .bind(now.and_utc().timestamp_millis())
-            .bind(now)
-            .persistent(p)
-            .execute(&mut *tx)
-            .await?;
-        let deleted = sqlx::query(DELETE_USER)
-            .bind(clerk_id.as_str())
-            .persistent(p)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(ERASE_EVENT_PAYLOADS)
-            .bind(clerk_id.as_str())
-            .persistent(p)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(deleted > 0)
-    })
-}
-
-async fn delete_user(
-    store: &Store,
-    event: &EventRow<'_>,
-    clerk_id: &ClerkUserId,
-    event_ts_ms: i64,
-) -> Result<Outcome, StoreError> {
-    let now = store::now();
-    with_tx!(store, |tx, p| {
-        let inserted: Option<String> = bind_event!(
-            sqlx::query_scalar(INSERT_EVENT.as_str()),
-            event,
-            EventStatus::Processed,
-            None,
-            now
-        )
-        .persistent(p)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if inserted.is_none() {
-            return Ok(Outcome::Duplicate);
-        }
-        sqlx::query(TOMBSTONE_USER.for_store(store))
-            .bind(clerk_id.as_str())
-            .bind(event_ts_ms)
-            .bind(now)
-            .persistent(p)
-            .execute(&mut *tx)
-            .await?;
-        let deleted = sqlx::query(DELETE_USER)
-            .bind(clerk_id.as_str())
-            .persistent(p)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(ERASE_EVENT_PAYLOADS)
-            .bind(clerk_id.as_str())
-            .persistent(p)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        info!(rows = deleted, "user deleted");
-        Ok(Outcome::Processed(Action::Deleted))
-    })
 }
 
 /// Record an event that changes nothing else (`ignored` or `failed`), in one statement.
