@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Beside every layer: `metrics` (counted into from anywhere), `telemetry`, `config` and
-//! `cli` (settings parsed once), `dev_secret`.
+//! `cli` (settings parsed once, after `env_file` read `.env`), `dev_secret`.
 //!
 //! `commands/` holds the tools for the people who run the service (`diagnose`, `smoke`,
 //! `send`, `bench`, `prisma-schema`). They use the service's layers; the service never
@@ -32,6 +32,7 @@ pub mod config;
 pub mod credits;
 pub mod dev_secret;
 pub mod domain;
+pub mod env_file;
 pub mod http;
 pub mod metrics;
 pub mod outbox;

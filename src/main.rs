@@ -18,14 +18,44 @@ use clerk_sync::startup::Application;
 use clerk_sync::store::Store;
 use clerk_sync::{dev_secret, telemetry};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // `.env` first, while the process has one thread: the command line's `env` defaults
+    // then see it, and the environment wins over it.
+    let env_file = match std::env::current_dir()
+        .map_err(|e| e.to_string())
+        .and_then(|dir| clerk_sync::env_file::load(&dir))
+    {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("error: reading .env: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async_main(env_file))
+}
+
+async fn async_main(env_file: Option<clerk_sync::env_file::EnvFile>) -> ExitCode {
     let cli = Cli::parse();
     let filter = match cli.command {
         Command::Serve(_) => telemetry::DEFAULT_FILTER,
         _ => telemetry::QUIET_FILTER,
     };
     telemetry::init(cli.log_format, filter);
+    if let Some(file) = &env_file {
+        match cli.command {
+            Command::Serve(_) => {
+                tracing::info!(file = %file.path.display(), variables = ?file.set, overridden = ?file.overridden, "read .env")
+            }
+            _ => eprintln!("clerk-sync: {}", file.describe()),
+        }
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ mod credits;
 mod credits_concurrency;
 mod diagnose;
 mod diagnose_ledger;
+mod env_file;
 mod health;
 mod hostile;
 mod outbox;
