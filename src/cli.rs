@@ -339,9 +339,17 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct SendArgs {
-    /// Webhook endpoint of a running clerk-sync.
-    #[arg(long, default_value = "http://127.0.0.1:3000/api/webhooks/clerk")]
-    pub url: String,
+    /// Webhook endpoint of a running clerk-sync [default: http://HOST:PORT/api/webhooks/clerk].
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// The running server's address, as `serve` reads it (0.0.0.0 is sent to 127.0.0.1).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// The running server's port, as `serve` reads it.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
 
     /// Signing secret; unset: the development secret `serve` keeps in the data directory.
     #[arg(long, env = "CLERK_WEBHOOK_SIGNING_SECRET", hide_env_values = true)]

@@ -70,11 +70,26 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         None => serde_json::to_vec(&sample_user_created(now.timestamp_millis()))?,
     };
+    let url = args.url.clone().unwrap_or_else(|| {
+        let host = match args.host.as_str() {
+            "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+            host => host,
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        format!("http://{host}:{}/api/webhooks/clerk", args.port)
+    });
+    let clerk_id = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|event| event["data"]["id"].as_str().map(str::to_owned));
     let msg_id = format!("msg_{}", cuid2::create_id());
     let timestamp = now.timestamp();
     let signature = sign(&secret, &msg_id, timestamp, &body);
     let response = reqwest::Client::new()
-        .post(&args.url)
+        .post(&url)
         .header("content-type", "application/json")
         .header("svix-id", &msg_id)
         .header("svix-timestamp", timestamp.to_string())
@@ -82,7 +97,19 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         .body(body)
         .send()
         .await
-        .with_context(|| format!("posting to {}", args.url))?;
+        .map_err(|e| {
+            let cause = if e.is_connect() {
+                "connection refused"
+            } else if e.is_timeout() {
+                "timed out"
+            } else {
+                "no answer"
+            };
+            anyhow::anyhow!(
+                "posting to {url}: {cause}. Is `clerk-sync serve` running there? send reads the \
+                 same HOST and PORT as serve (or pass --url)"
+            )
+        })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     println!("svix-id: {msg_id}");
@@ -93,5 +120,8 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     );
     println!("{text}");
     anyhow::ensure!(status.is_success(), "the server answered {status}");
+    if let Some(clerk_id) = clerk_id {
+        println!("clerk user id: {clerk_id} (its credits: GET /v1/users/{clerk_id})");
+    }
     Ok(())
 }

@@ -315,7 +315,51 @@ async fn a_failure_mid_transaction_writes_nothing(backend: Backend) {
     assert_eq!(users(&app.store).await.len(), 1);
 }
 
-both_backends!(send_command_posts_a_signed_sample_that_creates_a_user);
+both_backends!(
+    send_command_posts_a_signed_sample_that_creates_a_user,
+    send_finds_the_server_by_host_and_port_and_names_what_is_wrong,
+);
+
+/// `send` with no `--url` reads `HOST` and `PORT` as `serve` does, prints the Clerk user
+/// id it created (the next step needs it), and says what is wrong when nothing listens.
+async fn send_finds_the_server_by_host_and_port_and_names_what_is_wrong(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    let send = |port: String| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
+            .arg("send")
+            .env("HOST", "0.0.0.0")
+            .env("PORT", port)
+            .env("CLERK_WEBHOOK_SIGNING_SECRET", SECRET)
+            .output()
+    };
+    let out = send(port).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let users = users(&app.store).await;
+    assert_eq!(users.len(), 1);
+    assert!(
+        stdout.contains(&format!("clerk user id: {}", users[0].clerk_id)),
+        "{stdout}"
+    );
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port().to_string();
+    drop(dead);
+    let out = send(dead_port.clone()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{dead_port}")) && stderr.contains("connection refused"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("clerk-sync serve"), "the fix: {stderr}");
+}
 
 async fn send_command_posts_a_signed_sample_that_creates_a_user(backend: Backend) {
     let db = TestDb::new(backend).await;
