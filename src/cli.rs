@@ -162,7 +162,8 @@ pub struct BenchArgs {
     pub clerk_webhook_signing_secret: Option<String>,
 
     /// Bearer key for the credits API (`consume`): one of the service's CLERK_SYNC_API_KEYS.
-    #[arg(long, env = "CLERK_SYNC_API_KEY", hide_env_values = true)]
+    /// [env: CLERK_SYNC_API_KEYS, the server's: its first key]
+    #[arg(long, env = "CLERK_SYNC_API_KEYS", hide_env_values = true)]
     pub api_key: Option<String>,
 
     /// Requests to time: distinct events (signup) or consumes (consume).

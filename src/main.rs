@@ -388,18 +388,32 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         print!("{}", b::pgbench_consume_setup());
         return Ok(());
     }
+    for (flag, value) in [
+        ("-n/--events", args.events),
+        ("-c/--concurrency", args.concurrency),
+        ("-k/--duplicates", args.duplicates),
+        ("--threads", args.threads),
+    ] {
+        anyhow::ensure!(value >= 1, "{flag} must be at least 1 (got {value})");
+    }
+    // The server's CLERK_SYNC_API_KEYS may list several keys: any one of them works.
+    let api_key = args
+        .api_key
+        .as_deref()
+        .and_then(|keys| keys.split(',').map(str::trim).find(|k| !k.is_empty()))
+        .map(str::to_owned);
     let plan = b::BenchPlan {
         scenario: args.scenario,
-        api_key: args.api_key.clone(),
+        api_key,
         url: args.url.clone(),
         secret: send::signing_secret(
             args.clerk_webhook_signing_secret.as_deref(),
             &args.database_url,
         )?,
         events: args.events,
-        concurrency: args.concurrency.max(1),
+        concurrency: args.concurrency,
         rate: args.rate,
-        duplicates: args.duplicates.max(1),
+        duplicates: args.duplicates,
         verify: args
             .verify_database_url
             .as_deref()
@@ -408,7 +422,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .map_err(|p| anyhow::anyhow!("--verify-database-url: {p}"))?,
     };
     // The generator gets its own runtime, sized by --threads.
-    let threads = args.threads.max(1);
+    let threads = args.threads;
     let report = tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -422,6 +436,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", report.render());
     }
+    let unanswered = report.statuses.get("no answer").copied().unwrap_or(0);
+    anyhow::ensure!(
+        unanswered == 0,
+        "{unanswered} of {} requests got no answer from {}: connection refused or reset. Is \
+         `clerk-sync serve` running there (HOST, PORT, --url)?",
+        report.requests,
+        report.url
+    );
     anyhow::ensure!(report.non_2xx == 0, "{} non-2xx answers", report.non_2xx);
     if let Some(db) = &report.database {
         anyhow::ensure!(

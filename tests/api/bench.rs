@@ -13,7 +13,71 @@ use crate::helpers::*;
 both_backends!(
     signup_bench_reports_every_request_and_an_exact_database,
     consume_bench_spends_once_per_request_and_the_ledger_adds_up,
+    the_bench_binary_names_what_is_wrong,
 );
+
+fn bench_binary(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
+        .arg("bench")
+        .args(args)
+        .env_remove("CLERK_SYNC_API_KEYS")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A dead port is "connection refused" with the fix, not "27228 req/s"; counts of zero
+/// are refused by name; the API key comes from the server's own `CLERK_SYNC_API_KEYS`.
+async fn the_bench_binary_names_what_is_wrong(backend: Backend) {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/api/webhooks/clerk", dead.local_addr().unwrap());
+    drop(dead);
+    let secret = ["--clerk-webhook-signing-secret", SECRET];
+    let (ok, out, err) = bench_binary(
+        &[&["--url", url.as_str(), "-n", "20"][..], &secret[..]].concat(),
+        &[],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("20 of 20 requests got no answer") && err.contains("connection refused"),
+        "{err}"
+    );
+    assert!(err.contains("clerk-sync serve"), "{err}");
+    for (flag, value) in [("-n", "0"), ("-c", "0"), ("-k", "0")] {
+        let (ok, _, err) = bench_binary(
+            &[&["--url", url.as_str(), flag, value][..], &secret[..]].concat(),
+            &[],
+        );
+        assert!(!ok && err.contains("must be at least 1"), "{flag}: {err}");
+    }
+
+    // consume against a live service, its key taken from CLERK_SYNC_API_KEYS (the first).
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let keys = format!("{API_KEY},{API_KEY_2}");
+    let (ok, out, err) = bench_binary(
+        &[
+            &[
+                "--url",
+                app.webhook_url().as_str(),
+                "--scenario",
+                "consume",
+                "-n",
+                "10",
+            ][..],
+            &secret[..],
+        ]
+        .concat(),
+        &[("CLERK_SYNC_API_KEYS", keys.as_str())],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("200: "), "{out}");
+}
 
 fn plan(app: &TestApp, db: &TestDb, scenario: Scenario, requests: usize) -> BenchPlan {
     BenchPlan {
