@@ -90,6 +90,24 @@ impl Default for Metrics {
             "Unix time of the last reconcile pass that finished",
             reconcile_last_success.clone(),
         );
+        // Every family shows at zero from the start, so a dashboard or an alert has a
+        // series before the first event.
+        for (family, outcomes) in [
+            (
+                &webhook_events,
+                &["processed", "duplicate", "ignored", "failed"][..],
+            ),
+            (&outbox_jobs, &["done", "retried", "dead"][..]),
+            (
+                &reconciled_users,
+                &["created", "updated", "unchanged", "unprovisionable"][..],
+            ),
+            (&reconcile_passes, &["done", "failed", "skipped"][..]),
+        ] {
+            for outcome in outcomes {
+                let _ = family.get_or_create(&OutcomeLabel { outcome });
+            }
+        }
         Self {
             registry,
             webhook_events,

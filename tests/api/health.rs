@@ -234,3 +234,24 @@ async fn connections_ended_by_the_server_are_replaced_without_an_error() {
     assert_eq!(users(&app.store).await.len(), 10);
     assert_ledger_adds_up(&app.store).await;
 }
+
+both_backends!(every_metric_family_is_served_at_zero_before_its_first_event);
+
+/// A dashboard or an alert has a series from the start, not after the first event.
+async fn every_metric_family_is_served_at_zero_before_its_first_event(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    for series in [
+        r#"clerk_sync_webhook_events_total{outcome="processed"} 0"#,
+        r#"clerk_sync_webhook_events_total{outcome="failed"} 0"#,
+        r#"clerk_sync_outbox_jobs_total{outcome="done"} 0"#,
+        r#"clerk_sync_outbox_jobs_total{outcome="dead"} 0"#,
+        r#"clerk_sync_reconciled_users_total{outcome="created"} 0"#,
+        r#"clerk_sync_reconcile_passes_total{outcome="skipped"} 0"#,
+        "clerk_sync_http_connections ",
+        "clerk_sync_signup_queue_waiting 0",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+}
