@@ -119,6 +119,9 @@ fn prisma_schema(args: PrismaSchemaArgs) -> anyhow::Result<()> {
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let settings = DatabaseSettings::from_args(&args.database, Duration::from_secs(30))?;
     let url = settings.migration_url();
+    // One direct connection first: a cause and its fix, at once, instead of a pool
+    // timing out 30 s later.
+    clerk_sync::store::connect::probe(url).await?;
     let store = Store::connect(url, 1, settings.transaction_timeout).await?;
     let result = async {
         if let Some(target) = args.revert_to {
@@ -336,6 +339,7 @@ async fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     let settings = DatabaseSettings::from_args(&args.database, Duration::from_secs(30))?;
     let url = settings.migration_url();
     let target = clerk_sync::commands::diagnose::Target {
+        url: url.clone(),
         display: url.to_string(),
         pgbouncer: matches!(
             url,

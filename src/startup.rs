@@ -28,6 +28,9 @@ pub enum StartupError {
     Database(#[source] StoreError),
     #[error("could not apply migrations")]
     Migrate(#[source] StoreError),
+    /// Its own message (cause, then fix) is the whole story: no source to repeat it.
+    #[error("cannot reach the database: {0}")]
+    Unreachable(crate::store::connect::Unreachable),
     #[error("could not build the Clerk API client")]
     ClerkClient(#[source] reqwest::Error),
 }
@@ -43,6 +46,14 @@ pub struct Application {
 
 /// Apply pending migrations, over `DIRECT_URL` when it is set.
 pub async fn run_migrations(config: &Config, store: &Store) -> Result<(), StartupError> {
+    let url = config
+        .database
+        .direct_url
+        .as_ref()
+        .unwrap_or(&config.database.url);
+    crate::store::connect::probe(url)
+        .await
+        .map_err(StartupError::Unreachable)?;
     match &config.database.direct_url {
         Some(direct) => {
             let migrator = Store::connect(direct, 1, config.database.transaction_timeout)

@@ -12,6 +12,7 @@ mod credits_concurrency;
 mod diagnose;
 mod diagnose_ledger;
 mod env_file;
+mod first_hour;
 mod health;
 mod hostile;
 mod outbox;

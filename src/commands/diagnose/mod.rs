@@ -132,6 +132,8 @@ fn errored(e: &StoreError) -> StepResult {
 pub struct Target {
     pub display: String,
     pub pgbouncer: bool,
+    /// The URL itself: when the pool cannot connect, one direct connection says why.
+    pub url: crate::store::DatabaseUrl,
 }
 
 /// Run every step, in order, against the database.

@@ -5,10 +5,21 @@ use super::*;
 pub(super) async fn connection(store: &Store, target: &Target) -> StepResult {
     let start = Instant::now();
     if let Err(e) = store.ping().await {
-        return fail(format!("cannot connect: {e}"), vec![Problem {
-            what: "the database does not answer; check DATABASE_URL / DIRECT_URL, the network, and that the instance is running (Neon suspends idle computes)".into(),
-            fix: None,
-        }]);
+        // The pool says only that it failed; a direct connection says why.
+        let why = match crate::store::connect::probe(&target.url).await {
+            Err(unreachable) => unreachable,
+            Ok(()) => crate::store::connect::Unreachable {
+                cause: e.to_string(),
+                fix: "Check DATABASE_URL / DIRECT_URL and that the instance is running",
+            },
+        };
+        return fail(
+            format!("cannot connect: {}", why.cause),
+            vec![Problem {
+                what: why.fix.to_owned(),
+                fix: None,
+            }],
+        );
     }
     let connect = start.elapsed();
     let mut samples = Vec::new();

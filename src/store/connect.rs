@@ -1,0 +1,129 @@
+//! Why a database cannot be reached, in one line: the cause as the server or the network
+//! gave it, and the fix for that cause. A pool only says it timed out; one direct
+//! connection says why.
+
+use std::fmt;
+use std::time::Duration;
+
+use sqlx::Connection;
+
+use super::DatabaseUrl;
+
+/// The database could not be reached: what happened, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreachable {
+    pub cause: String,
+    pub fix: &'static str,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut fix = self.fix.chars();
+        let first = fix
+            .next()
+            .map(|c| c.to_uppercase().to_string())
+            .unwrap_or_default();
+        write!(f, "{}. {first}{}", self.cause, fix.as_str())
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// One direct connection to `url` (PostgreSQL; a SQLite file needs none), within 10 s.
+pub async fn probe(url: &DatabaseUrl) -> Result<(), Unreachable> {
+    let DatabaseUrl::Postgres { options, .. } = url else {
+        return Ok(());
+    };
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(10),
+        sqlx::PgConnection::connect_with(options),
+    )
+    .await;
+    match attempt {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(explain(&e, url)),
+        Err(_) => Err(Unreachable {
+            cause: format!("{url} did not answer within 10 s"),
+            fix: "Check the host and port in DATABASE_URL, the network and firewall, and \
+                  that the instance is running (Neon suspends idle computes; the first \
+                  connection wakes it)",
+        }),
+    }
+}
+
+/// The cause and fix of a connection error.
+pub fn explain(e: &sqlx::Error, url: &DatabaseUrl) -> Unreachable {
+    let (host, port) = match url {
+        DatabaseUrl::Postgres { options, .. } => {
+            (options.get_host().to_owned(), options.get_port())
+        }
+        DatabaseUrl::Sqlite { .. } => (String::new(), 0),
+    };
+    let at = format!("{host}:{port}");
+    match e {
+        sqlx::Error::Database(db) => {
+            let message = db.message().to_owned();
+            let (cause, fix) = match db.code().as_deref() {
+                Some("28P01") => (
+                    message,
+                    "Check the user name and password in DATABASE_URL",
+                ),
+                Some("28000") if message.contains("no encryption") || message.contains("SSL off") => (
+                    message,
+                    "The server requires TLS: add ?sslmode=require to DATABASE_URL",
+                ),
+                Some("28000") => (message, "Check the user name in DATABASE_URL"),
+                Some("3D000") => (
+                    message,
+                    "Create the database (createdb, or the Neon console) or fix its name in DATABASE_URL",
+                ),
+                Some("3F000") => (
+                    message,
+                    "Prisma's ?schema= names a schema that does not exist: create it, or remove the parameter",
+                ),
+                Some("53300") => (
+                    message,
+                    "The server has no connection to spare: lower DATABASE_POOL_MAX, or use the pooled (-pooler) endpoint with pgbouncer=true",
+                ),
+                _ => (
+                    message,
+                    "The server refused the connection; check DATABASE_URL",
+                ),
+            };
+            Unreachable { cause, fix }
+        }
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => Unreachable {
+            cause: format!("connection refused by {at}"),
+            fix: "Is PostgreSQL running there? Check the host and port in DATABASE_URL",
+        },
+        sqlx::Error::Io(io) => {
+            let text = io.to_string();
+            if text.contains("failed to lookup address") || text.contains("Name or service not known") {
+                Unreachable {
+                    cause: format!("unknown host {host}"),
+                    fix: "Check the host name in DATABASE_URL",
+                }
+            } else {
+                Unreachable {
+                    cause: format!("could not reach {at}: {text}"),
+                    fix: "Check the host and port in DATABASE_URL and the network",
+                }
+            }
+        }
+        sqlx::Error::Tls(tls) => Unreachable {
+            cause: format!("TLS with {at} failed: {tls}"),
+            fix: "Check sslmode in DATABASE_URL (Neon needs sslmode=require), and the server's certificate",
+        },
+        sqlx::Error::Protocol(p) => Unreachable {
+            cause: format!("{at} accepted the connection, then: {p}"),
+            fix: "Is that a PostgreSQL server (or a pooler whose database is up)? Check the port in DATABASE_URL",
+        },
+        other => Unreachable {
+            cause: format!("could not connect to {at}: {other}"),
+            fix: "Check DATABASE_URL",
+        },
+    }
+}
