@@ -329,7 +329,12 @@ async fn open_existing(args: &DatabaseArgs) -> anyhow::Result<Store> {
     let settings = DatabaseSettings::from_args(args, Duration::from_secs(30))?;
     let url = settings.migration_url();
     if let DatabaseUrl::Sqlite { path, .. } = url {
-        anyhow::ensure!(path.exists(), "no SQLite database at {}", path.display());
+        anyhow::ensure!(
+            path.exists(),
+            "no SQLite database at {}: run `clerk-sync migrate` (or `serve`) to create it, or \
+             set DATABASE_URL (a .env in this directory is read) to the database you meant",
+            path.display()
+        );
     }
     Ok(Store::connect(url, 2, Duration::from_secs(10)).await?)
 }

@@ -18,6 +18,11 @@ const READ: &str = r#"SELECT "id", "clerkId", "availableGenerations", "createdAt
 const DELETE: &str = r#"DELETE FROM "User" WHERE "id" = $1"#;
 
 pub async fn run(store: &Store, out: &mut impl Write) -> anyhow::Result<()> {
+    let pending = store.pending_migrations().await?;
+    anyhow::ensure!(
+        pending.is_empty(),
+        "this database is missing clerk-sync's migrations {pending:?}: run `clerk-sync migrate` first"
+    );
     let id = new_id();
     let tag = format!("smoke_{}", chrono::Utc::now().timestamp_millis());
     let result = steps(store, out, &id, &tag).await;

@@ -79,3 +79,34 @@ async fn connection_errors_say_the_cause_and_the_fix() {
         "{err}"
     );
 }
+
+crate::both_backends!(an_empty_database_says_run_migrate_first);
+
+/// An empty database: `diagnose` says "never migrated" and the one command that fixes it,
+/// in a screenful, and `smoke` says so before trying anything.
+async fn an_empty_database_says_run_migrate_first(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    if backend == Backend::Sqlite {
+        // An empty file: SQLite's empty database.
+        let path = db.url.trim_start_matches("sqlite://");
+        std::fs::write(path, b"").unwrap();
+    }
+    let (ok, out, err) = clerk_sync(&["diagnose", "--database-url", &db.url]);
+    assert!(!ok, "{out}{err}");
+    let step3 = out.lines().find(|l| l.contains("[ 3/12]")).unwrap_or("");
+    assert!(step3.contains("this database was never migrated"), "{out}");
+    assert!(
+        out.contains("run `clerk-sync migrate --database-url"),
+        "{out}"
+    );
+    assert!(
+        out.lines().count() < 30,
+        "a screenful, not a CREATE TABLE per table:\n{out}"
+    );
+    assert!(!out.contains("CREATE TABLE"), "{out}");
+
+    let (ok, out, err) = clerk_sync(&["smoke", "--database-url", &db.url]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("run `clerk-sync migrate` first"), "{err}");
+    assert!(!out.contains("FAILED"), "nothing tried: {out}");
+}

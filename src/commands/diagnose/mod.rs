@@ -165,7 +165,21 @@ pub async fn run(store: &Store, target: &Target) -> Report {
     let has = |t: &str| catalog.columns.contains_key(t);
     let user_ok = connected && has("User");
 
-    results.push(if connected {
+    let empty = connected && schema::TABLES.iter().all(|t| !has(t.name));
+    results.push(if empty {
+        // An empty database needs one command, not a CREATE TABLE per table.
+        fail(
+            "none of the contract's tables exist: this database was never migrated",
+            vec![Problem {
+                what: format!(
+                    "run `clerk-sync migrate --database-url {}` (it creates every table, and \
+                     adopts the Prisma app's tables when they exist)",
+                    target.display
+                ),
+                fix: None,
+            }],
+        )
+    } else if connected {
         schema_step(store, &catalog, &drifts)
     } else {
         skip("not connected")
