@@ -8,10 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::time::Duration;
 
-use clerk_sync::cli::{
-    BenchArgs, Cli, Command, DatabaseArgs, DiagnoseArgs, MigrateArgs, PrismaSchemaArgs,
-    ReconcileArgs, ReplayArgs,
-};
+use clerk_sync::cli::{BenchArgs, Cli, Command, DiagnoseArgs, MigrateArgs, PrismaSchemaArgs};
 use clerk_sync::commands::{send, smoke};
 use clerk_sync::config::{Config, DatabaseSettings, DatabaseUrl};
 use clerk_sync::startup::Application;
@@ -74,10 +71,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::PrismaSchema(args) => prisma_schema(args),
         Command::Diagnose(args) => diagnose(args).await,
         Command::Bench(args) => bench(args).await,
-        Command::Replay(args) => replay(args).await,
-        Command::Reconcile(args) => reconcile(args).await,
+        Command::Replay(args) => clerk_sync::commands::replay::run_command(args).await,
+        Command::Reconcile(args) => clerk_sync::commands::reconcile::run_command(args).await,
         Command::Smoke(args) => {
-            let store = open_existing(&args).await?;
+            let store = clerk_sync::commands::open_existing(&args).await?;
             let result = smoke::run(&store, &mut std::io::stdout()).await;
             store.close().await;
             result
@@ -157,190 +154,8 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 
 /// Connect for `diagnose` / `smoke` (over `DIRECT_URL` when set), refusing to create a
 /// SQLite file that is not there.
-/// `--since`: a date (`2026-11-30`, midnight UTC) or an RFC 3339 time.
-fn parse_since(raw: Option<&str>) -> anyhow::Result<Option<chrono::NaiveDateTime>> {
-    raw.map(|raw| {
-        chrono::DateTime::parse_from_rfc3339(raw)
-            .map(|t| t.naive_utc())
-            .or_else(|_| {
-                chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-                    .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists"))
-            })
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "--since {raw:?}: expected a date (2026-11-30) or an RFC 3339 time (2026-11-30T08:00:00Z)"
-                )
-            })
-    })
-    .transpose()
-}
-
-async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
-    use clerk_sync::reconcile::{self, ReconcileOptions};
-    use std::io::IsTerminal;
-    let since = parse_since(args.since.as_deref())?;
-    anyhow::ensure!(
-        (0..=clerk_sync::domain::MAX_CREDITS).contains(&args.signup_credits),
-        "SIGNUP_CREDITS must be between 0 and {}",
-        clerk_sync::domain::MAX_CREDITS
-    );
-    anyhow::ensure!(
-        (1..=100).contains(&args.rate),
-        "--rate must be between 1 and 100"
-    );
-    let api_url: url::Url = args
-        .clerk_api_url
-        .parse()
-        .map_err(|_| anyhow::anyhow!("CLERK_API_URL must be an http(s) URL"))?;
-    let key = args.clerk_secret_key.trim();
-    anyhow::ensure!(
-        !key.is_empty(),
-        "CLERK_SECRET_KEY is empty: reconcile reads Clerk's user list with it"
-    );
-    let clerk = clerk_sync::outbox::ClerkClient::new(
-        api_url,
-        clerk_sync::domain::Redacted(key.to_owned()),
-    )?;
-    let store = open_existing(&args.database).await?;
-    let settings = clerk_sync::signup::SignupSettings {
-        signup_credits: args.signup_credits,
-        transaction_timeout: Duration::from_secs(30),
-    };
-    let options = ReconcileOptions {
-        dry_run: args.dry_run,
-        since_ms: since.map(|t| t.and_utc().timestamp_millis()),
-        rate_per_second: args.rate,
-        delete: args.delete,
-        ..ReconcileOptions::default()
-    };
-    let started = std::time::Instant::now();
-    let tty = std::io::stderr().is_terminal() && !args.json;
-    let mut progress = |s: &reconcile::Summary| {
-        if tty {
-            let rate = s.scanned as f64 / started.elapsed().as_secs_f64().max(0.001);
-            let eta = s
-                .clerk_total
-                .filter(|_| rate > 0.0)
-                .map(|total| {
-                    let left = total.saturating_sub(s.scanned as u64) as f64 / rate;
-                    format!(", ETA {left:.0} s")
-                })
-                .unwrap_or_default();
-            let of = s
-                .clerk_total
-                .map(|t| format!(" of {t}"))
-                .unwrap_or_default();
-            eprint!(
-                "\rpage {}: scanned {}{of}, created {}, updated {}, {:.0} users/s{eta}   ",
-                s.pages, s.scanned, s.created, s.updated, rate
-            );
-        }
-    };
-    let result = reconcile::run(&store, &clerk, &settings, &options, &mut progress).await;
-    if tty {
-        eprintln!();
-    }
-    store.close().await;
-    let summary = result?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        print!("{}", render_reconcile(&summary, started.elapsed()));
-    }
-    Ok(())
-}
-
-fn render_reconcile(s: &clerk_sync::reconcile::Summary, took: Duration) -> String {
-    let mut out = String::new();
-    let verb = if s.dry_run { "would be " } else { "" };
-    if let Some(from) = s.resumed_from {
-        out.push_str(&format!(
-            "resumed an interrupted pass (users created after {from} ms)\n"
-        ));
-    }
-    out.push_str(&format!(
-        "scanned {} Clerk user(s) in {} page(s), {:.1} s\n  created: {}{}\n  updated: {}{}\n  unchanged: {}\n",
-        s.scanned, s.pages, took.as_secs_f64(), verb, s.created, verb, s.updated, s.unchanged
-    ));
-    if !s.unprovisionable.is_empty() {
-        out.push_str(&format!(
-            "  cannot be provisioned: {}\n",
-            s.unprovisionable.len()
-        ));
-        for p in &s.unprovisionable {
-            out.push_str(&format!("    {p}\n"));
-        }
-    }
-    if !s.deleted_in_clerk.is_empty() {
-        out.push_str(&format!(
-            "  deleted in Clerk but still here: {}{}\n",
-            s.deleted_in_clerk.len(),
-            if s.deleted > 0 {
-                format!(" (deleted {})", s.deleted)
-            } else {
-                " (run with --delete to delete them)".to_owned()
-            }
-        ));
-        for id in &s.deleted_in_clerk {
-            out.push_str(&format!("    {id}\n"));
-        }
-    }
-    if s.dry_run {
-        out.push_str("dry run: nothing changed\n");
-    } else if !s.changed_anything() && s.deleted_in_clerk.is_empty() {
-        out.push_str("nothing to change: the database matches Clerk\n");
-    } else if !s.changed_anything() {
-        out.push_str(
-            "nothing to change: every Clerk user is here and current (the users above are only reported)\n",
-        );
-    }
-    out
-}
-
-async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    use clerk_sync::commands::replay::{self, Selection};
-    let since = parse_since(args.since.as_deref())?;
-    anyhow::ensure!(
-        (0..=clerk_sync::domain::MAX_CREDITS).contains(&args.signup_credits),
-        "SIGNUP_CREDITS must be between 0 and {}",
-        clerk_sync::domain::MAX_CREDITS
-    );
-    let store = open_existing(&args.database).await?;
-    let settings = clerk_sync::signup::SignupSettings {
-        signup_credits: args.signup_credits,
-        transaction_timeout: Duration::from_secs(30),
-    };
-    let selection = Selection {
-        since,
-        svix_ids: args.svix_ids,
-    };
-    let report = replay::run(&store, &settings, &selection, args.dry_run).await;
-    store.close().await;
-    let report = report?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.render());
-    }
-    Ok(())
-}
-
-async fn open_existing(args: &DatabaseArgs) -> anyhow::Result<Store> {
-    let settings = DatabaseSettings::from_args(args, Duration::from_secs(30))?;
-    let url = settings.migration_url();
-    if let DatabaseUrl::Sqlite { path, .. } = url {
-        anyhow::ensure!(
-            path.exists(),
-            "no SQLite database at {}: run `clerk-sync migrate` (or `serve`) to create it, or \
-             set DATABASE_URL (a .env in this directory is read) to the database you meant",
-            path.display()
-        );
-    }
-    Ok(Store::connect(url, 2, Duration::from_secs(10)).await?)
-}
-
 async fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
-    let store = open_existing(&args.database).await?;
+    let store = clerk_sync::commands::open_existing(&args.database).await?;
     let settings = DatabaseSettings::from_args(&args.database, Duration::from_secs(30))?;
     let url = settings.migration_url();
     let target = clerk_sync::commands::diagnose::Target {

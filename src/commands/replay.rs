@@ -8,6 +8,7 @@
 //! and a deleted user's payloads are erased.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::NaiveDateTime;
@@ -15,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::types::Json;
 
+use crate::cli::ReplayArgs;
 use crate::domain::SvixMessageId;
 use crate::signup::{self, Outcome, SignupSettings};
 use crate::store::{Store, StoreError};
@@ -206,4 +208,32 @@ impl Report {
         );
         out
     }
+}
+
+/// `clerk-sync replay`: select, replay (or list), print.
+pub async fn run_command(args: ReplayArgs) -> anyhow::Result<()> {
+    let since = super::parse_since(args.since.as_deref())?;
+    anyhow::ensure!(
+        (0..=crate::domain::MAX_CREDITS).contains(&args.signup_credits),
+        "SIGNUP_CREDITS must be between 0 and {}",
+        crate::domain::MAX_CREDITS
+    );
+    let store = super::open_existing(&args.database).await?;
+    let settings = crate::signup::SignupSettings {
+        signup_credits: args.signup_credits,
+        transaction_timeout: Duration::from_secs(30),
+    };
+    let selection = Selection {
+        since,
+        svix_ids: args.svix_ids,
+    };
+    let report = run(&store, &settings, &selection, args.dry_run).await;
+    store.close().await;
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
 }
