@@ -92,7 +92,8 @@ WHERE "id" = (
     LIMIT 1
     {skip_locked}
 )
-RETURNING "id", "payload", "attempts", "lastError" IS NULL AS "noError""#,
+RETURNING "id", "payload", "attempts",
+    "lastError" IS NULL OR "lastError" LIKE 'unverified: %' AS "unverified""#,
 );
 
 static MARK_DONE: OwnTablesSql = OwnTablesSql::new(
@@ -110,7 +111,8 @@ static MARK_DEAD: OwnTablesSql = OwnTablesSql::new(
 UPDATE {own}"OutboxJob" SET "status" = 'dead', "lastError" = $2, "updatedAt" = $3 WHERE "id" = $1"#,
 );
 
-/// A claimed job. `no_error` with `attempts > 1`: an earlier attempt recorded no result.
+/// A claimed job. `unverified` with `attempts > 1`: an earlier attempt recorded no result,
+/// or only that it could not look whether an attempt before it had reached Clerk.
 type Claimed = (String, Json<serde_json::Value>, i32, bool);
 
 async fn claim(store: &Store, lease: Duration) -> Result<Option<Claimed>, StoreError> {
@@ -136,6 +138,10 @@ pub async fn try_execute_job(
     deliver_one(store, client, settings, None).await
 }
 
+/// The start of a retry's reason when the attempt could not check whether an earlier one
+/// reached Clerk (the claim matches it: `LIKE 'unverified: %'`).
+const UNVERIFIED: &str = "unverified: ";
+
 /// Deliver one job: make the call unless an earlier attempt already did.
 async fn deliver(
     client: &ClerkClient,
@@ -144,8 +150,19 @@ async fn deliver(
 ) -> Result<(), DeliveryError> {
     let Job::UpdateClerkMetadata { clerk_id, user_id } = job;
     if earlier_unrecorded {
-        // The earlier attempt may have reached Clerk: look before sending again.
-        if let Some(user) = client.get_user(&clerk_id).await? {
+        // The earlier attempt may have reached Clerk: look before sending again. When the
+        // look itself fails, the reason says so, and the next attempt looks again.
+        let found = client.get_user(&clerk_id).await.map_err(|e| match e {
+            DeliveryError::Retryable {
+                reason,
+                retry_after,
+            } => DeliveryError::Retryable {
+                reason: format!("{UNVERIFIED}{reason}"),
+                retry_after,
+            },
+            permanent => permanent,
+        })?;
+        if let Some(user) = found {
             if user["public_metadata"]["userId"].as_str() == Some(user_id.as_str()) {
                 info!("an earlier attempt already applied the update; not sending it again");
                 return Ok(());
@@ -162,7 +179,8 @@ async fn deliver_one(
     settings: &WorkerSettings,
     pace: Option<&Pace>,
 ) -> Result<Outcome, StoreError> {
-    let Some((id, Json(payload), attempts, no_error)) = claim(store, settings.lease).await? else {
+    let Some((id, Json(payload), attempts, unverified)) = claim(store, settings.lease).await?
+    else {
         return Ok(Outcome::Empty);
     };
     tracing::Span::current().record("job_id", id.as_str());
@@ -171,7 +189,7 @@ async fn deliver_one(
             if let Some(pace) = pace {
                 pace.wait().await;
             }
-            deliver(client, job, attempts > 1 && no_error).await
+            deliver(client, job, attempts > 1 && unverified).await
         }
         Err(_) => Err(DeliveryError::Permanent(
             "payload is not a job this version understands".to_owned(),

@@ -73,6 +73,20 @@ async fn an_attempt_that_recorded_nothing_is_checked_with_clerk_not_sent_twice(b
     assert_eq!((job.status.as_str(), job.attempts), ("done", 2));
     assert_eq!(job.payload.0["userId"], json!(user.id));
 
+    // The look itself fails (Clerk 500): nothing is sent, and the next attempt looks again
+    // rather than sending blind.
+    expire_claim(&app.store, 2, None).await;
+    clerk.script(&[500]);
+    assert_eq!(step_worker(&app.store, &clerk).await, Outcome::Retried);
+    let job = jobs(&app.store).await.remove(0);
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("unverified: Clerk API answered 500")
+    );
+    make_jobs_due(&app.store).await;
+    assert_eq!(step_worker(&app.store, &clerk).await, Outcome::Done);
+    assert_eq!(clerk.applied_patches("user_ada"), 1, "still sent once");
+
     // An attempt that died before it reached Clerk: the look finds nothing; sent once.
     let (s, _) = status_json(app.post_webhook("msg_b", &created_for("bob")).await).await;
     assert_eq!(s, 200);
