@@ -5,36 +5,52 @@
 //! it back.
 
 use super::*;
+use crate::on_tx;
 
-/// Delete a user that Clerk no longer has, as `user.deleted` would but with no event to
-/// record (`reconcile --delete`): the user row goes (ledger rows stay), its events'
-/// payloads are erased, and the Clerk id is tombstoned.
-pub async fn forget(store: &Store, clerk_id: &ClerkUserId) -> Result<bool, StoreError> {
-    let now = store::now();
-    with_tx!(store, |tx, p| {
-        sqlx::query(TOMBSTONE_USER.for_store(store))
+/// The removal both share, inside `tx`: tombstone the Clerk id as of `deleted_at_ms`,
+/// delete the user row, erase the payloads. Returns the user rows deleted.
+async fn remove(
+    tx: &mut StoreTx,
+    clerk_id: &ClerkUserId,
+    deleted_at_ms: i64,
+    now: chrono::NaiveDateTime,
+) -> Result<u64, StoreError> {
+    let tombstone = TOMBSTONE_USER.for_tx(tx);
+    on_tx!(tx, |conn, p| {
+        sqlx::query(tombstone)
             .bind(clerk_id.as_str())
-            .bind(now.and_utc().timestamp_millis())
+            .bind(deleted_at_ms)
             .bind(now)
             .persistent(p)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         let deleted = sqlx::query(DELETE_USER)
             .bind(clerk_id.as_str())
             .persistent(p)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?
             .rows_affected();
         sqlx::query(ERASE_EVENT_PAYLOADS)
             .bind(clerk_id.as_str())
             .persistent(p)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
-        tx.commit().await?;
-        Ok(deleted > 0)
+        Ok(deleted)
     })
 }
 
+/// Delete a user that Clerk no longer has, as `user.deleted` would but with no event to
+/// record (`reconcile --delete`).
+pub async fn forget(store: &Store, clerk_id: &ClerkUserId) -> Result<bool, StoreError> {
+    let now = store::now();
+    let mut tx = store.begin().await?;
+    let deleted = remove(&mut tx, clerk_id, now.and_utc().timestamp_millis(), now).await?;
+    tx.commit().await?;
+    Ok(deleted > 0)
+}
+
+/// `user.deleted`: the event recorded (a duplicate changes nothing), then the removal, in
+/// one transaction.
 pub(super) async fn delete_user(
     store: &Store,
     event: &EventRow<'_>,
@@ -42,8 +58,9 @@ pub(super) async fn delete_user(
     event_ts_ms: i64,
 ) -> Result<Outcome, StoreError> {
     let now = store::now();
-    with_tx!(store, |tx, p| {
-        let inserted: Option<String> = bind_event!(
+    let mut tx = store.begin().await?;
+    let inserted: Option<String> = on_tx!(&mut tx, |conn, p| {
+        bind_event!(
             sqlx::query_scalar(INSERT_EVENT.as_str()),
             event,
             EventStatus::Processed,
@@ -51,31 +68,15 @@ pub(super) async fn delete_user(
             now
         )
         .persistent(p)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if inserted.is_none() {
-            return Ok(Outcome::Duplicate);
-        }
-        sqlx::query(TOMBSTONE_USER.for_store(store))
-            .bind(clerk_id.as_str())
-            .bind(event_ts_ms)
-            .bind(now)
-            .persistent(p)
-            .execute(&mut *tx)
-            .await?;
-        let deleted = sqlx::query(DELETE_USER)
-            .bind(clerk_id.as_str())
-            .persistent(p)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(ERASE_EVENT_PAYLOADS)
-            .bind(clerk_id.as_str())
-            .persistent(p)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        info!(rows = deleted, "user deleted");
-        Ok(Outcome::Processed(Action::Deleted))
-    })
+        .fetch_optional(&mut *conn)
+        .await?
+    });
+    if inserted.is_none() {
+        // Dropping the transaction rolls it back: it wrote nothing.
+        return Ok(Outcome::Duplicate);
+    }
+    let deleted = remove(&mut tx, clerk_id, event_ts_ms, now).await?;
+    tx.commit().await?;
+    info!(rows = deleted, "user deleted");
+    Ok(Outcome::Processed(Action::Deleted))
 }

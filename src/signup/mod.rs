@@ -43,7 +43,6 @@ use crate::store::{self, new_id, Store, StoreError, StoreTx, TextEnum};
 use crate::text_enum;
 use crate::webhooks::clerk_event::{parse_envelope, EventType, UserProfile};
 use crate::webhooks::VerifiedWebhook;
-use crate::with_tx;
 
 use delete::delete_user;
 pub use delete::forget;
