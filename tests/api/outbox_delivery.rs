@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clerk_sync::outbox::worker::Outcome;
 use clerk_sync::store::Store;
 use clerk_sync::with_pool;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -24,14 +24,6 @@ fn clerk_opts(clerk: &FakeClerk) -> AppOptions {
         clerk_secret_key: Some(FakeClerk::KEY.to_owned()),
         ..AppOptions::default()
     }
-}
-
-/// A `user.created` for `user_{name}` with the address `{name}@example.org`.
-fn created_for(name: &str) -> Vec<u8> {
-    let mut event: Value = fixture_json("clerk-user-created.json");
-    event["data"]["id"] = json!(format!("user_{name}"));
-    event["data"]["email_addresses"][0]["email_address"] = json!(format!("{name}@example.org"));
-    serde_json::to_vec(&event).unwrap()
 }
 
 /// Put the job back as a claim whose lease ran out: claimed `attempts` times, due now,
@@ -120,6 +112,18 @@ async fn an_attempt_that_recorded_nothing_is_checked_with_clerk_not_sent_twice(b
     assert_eq!(after, ["PATCH", "PATCH"]);
 }
 
+/// `n` users `user_{prefix}0…` signed up by an app with no worker, then stopped: their
+/// metadata jobs are all due when the next app's worker starts.
+async fn sign_up_with_no_worker(db: &TestDb, prefix: &str, n: usize) {
+    let writer = TestApp::spawn(db).await;
+    for i in 0..n {
+        let body = created_for(&format!("{prefix}{i}"));
+        let (s, _) = status_json(writer.post_webhook(&format!("msg_{i}"), &body).await).await;
+        assert_eq!(s, 200);
+    }
+    writer.stop().await;
+}
+
 async fn wait_until_done(store: &Store, n: usize, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -140,17 +144,7 @@ async fn a_slow_clerk_call_holds_one_delivery_not_the_others(backend: Backend) {
     let db = TestDb::new(backend).await;
     let clerk = FakeClerk::start().await;
     // Written before the worker starts, so every job is due at once.
-    let writer = TestApp::spawn(&db).await;
-    for i in 0..21 {
-        let (s, _) = status_json(
-            writer
-                .post_webhook(&format!("msg_{i}"), &created_for(&format!("u{i}")))
-                .await,
-        )
-        .await;
-        assert_eq!(s, 200);
-    }
-    writer.stop().await;
+    sign_up_with_no_worker(&db, "u", 21).await;
     clerk.delay_every_call(Duration::from_millis(20));
     // The first call hangs longer than the whole test takes otherwise.
     clerk.hang_next(1, Duration::from_secs(8));
@@ -179,17 +173,7 @@ async fn a_slow_clerk_call_holds_one_delivery_not_the_others(backend: Backend) {
 async fn a_429_pauses_every_delivery_for_its_retry_after(backend: Backend) {
     let db = TestDb::new(backend).await;
     let clerk = FakeClerk::start().await;
-    let writer = TestApp::spawn(&db).await;
-    for i in 0..10 {
-        let (s, _) = status_json(
-            writer
-                .post_webhook(&format!("msg_{i}"), &created_for(&format!("r{i}")))
-                .await,
-        )
-        .await;
-        assert_eq!(s, 200);
-    }
-    writer.stop().await;
+    sign_up_with_no_worker(&db, "r", 10).await;
     // The first answer is 429 with `Retry-After: 1`.
     clerk.script(&[429]);
     let app = TestApp::spawn_with(

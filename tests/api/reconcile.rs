@@ -5,7 +5,6 @@
 use serde_json::{json, Value};
 
 use crate::both_backends;
-use crate::diagnose::clerk_sync;
 use crate::helpers::*;
 
 both_backends!(
@@ -25,19 +24,7 @@ async fn a_pass_killed_mid_page_and_run_again_ends_in_the_same_state(backend: Ba
     for i in 0..800 {
         clerk.add_user(clerk_user(i));
     }
-    let mut pass = tokio::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
-        .args([
-            "reconcile",
-            "--database-url",
-            &db.url,
-            "--clerk-api-url",
-            &clerk.url,
-            "--clerk-secret-key",
-            FakeClerk::KEY,
-            "--rate",
-            "100",
-        ])
-        .env_remove("DIRECT_URL")
+    let mut pass = reconcile_command(&db, &clerk, &[])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -169,20 +156,37 @@ fn created_event(user: &Value) -> Vec<u8> {
     serde_json::to_vec(&event).unwrap()
 }
 
+/// `clerk-sync reconcile` against `db` and the fake Clerk, at 100 requests per second.
+fn reconcile_command(db: &TestDb, clerk: &FakeClerk, extra: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"));
+    command
+        .args([
+            "reconcile",
+            "--database-url",
+            &db.url,
+            "--clerk-api-url",
+            &clerk.url,
+            "--clerk-secret-key",
+            FakeClerk::KEY,
+            "--rate",
+            "100",
+        ])
+        .args(extra)
+        .env_remove("DIRECT_URL");
+    command
+}
+
+/// Run a pass to its end: (success, stdout, stderr).
 fn reconcile(db: &TestDb, clerk: &FakeClerk, extra: &[&str]) -> (bool, String, String) {
-    let mut args = vec![
-        "reconcile",
-        "--database-url",
-        &db.url,
-        "--clerk-api-url",
-        &clerk.url,
-        "--clerk-secret-key",
-        FakeClerk::KEY,
-        "--rate",
-        "100",
-    ];
-    args.extend_from_slice(extra);
-    clerk_sync(&args)
+    let out = reconcile_command(db, clerk, extra)
+        .as_std_mut()
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn summary(out: &str) -> Value {
@@ -341,21 +345,7 @@ async fn webhooks_racing_a_pass_give_one_user_and_one_bonus(backend: Backend) {
     for u in &users_in_clerk {
         clerk.add_user(u.clone());
     }
-    let pass = tokio::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
-        .args([
-            "reconcile",
-            "--json",
-            "--database-url",
-            &db.url,
-            "--clerk-api-url",
-            &clerk.url,
-            "--clerk-secret-key",
-            FakeClerk::KEY,
-            "--rate",
-            "100",
-        ])
-        .env_remove("DIRECT_URL")
-        .output();
+    let pass = reconcile_command(&db, &clerk, &["--json"]).output();
     let hooks = async {
         for (i, u) in users_in_clerk.iter().enumerate().rev() {
             let (s, _) = status_json(

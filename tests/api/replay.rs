@@ -9,13 +9,6 @@ use crate::helpers::*;
 
 both_backends!(failed_signups_are_replayed_once_the_schema_is_fixed);
 
-fn created_for(name: &str) -> Vec<u8> {
-    let mut event: Value = fixture_json("clerk-user-created.json");
-    event["data"]["id"] = json!(format!("user_{name}"));
-    event["data"]["email_addresses"][0]["email_address"] = json!(format!("{name}@example.org"));
-    serde_json::to_vec(&event).unwrap()
-}
-
 async fn failed_signups_are_replayed_once_the_schema_is_fixed(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn(&db).await;

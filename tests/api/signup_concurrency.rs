@@ -193,14 +193,6 @@ mod a_refused_batch_is_applied_one_webhook_at_a_time {
     }
 }
 
-/// A `user.created` for `user_{name}` with the address `{name}@example.org`.
-fn created_for(name: &str) -> Vec<u8> {
-    let mut event: Value = fixture_json("clerk-user-created.json");
-    event["data"]["id"] = json!(format!("user_{name}"));
-    event["data"]["email_addresses"][0]["email_address"] = json!(format!("{name}@example.org"));
-    serde_json::to_vec(&event).unwrap()
-}
-
 /// Webhooks that arrive while a signup statement runs wait, then go to the database in
 /// one statement. When one of them breaks a constraint the statement writes nothing; each
 /// webhook is then applied alone, so the others land and only that one fails (500, event

@@ -249,6 +249,15 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
 }
 
+/// A `user.created` for `user_{name}` with the address `{name}@example.org`.
+pub fn created_for(name: &str) -> Vec<u8> {
+    let mut event = fixture_json("clerk-user-created.json");
+    event["data"]["id"] = serde_json::json!(format!("user_{name}"));
+    event["data"]["email_addresses"][0]["email_address"] =
+        serde_json::json!(format!("{name}@example.org"));
+    serde_json::to_vec(&event).unwrap()
+}
+
 pub fn fixture_json(name: &str) -> Value {
     serde_json::from_slice(&fixture(name)).unwrap()
 }
