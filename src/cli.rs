@@ -28,6 +28,61 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parse the command line; a bad value read from an environment variable (or `.env`)
+    /// is named by that variable, which is where the user has to fix it.
+    pub fn parse_or_exit() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut command = Self::command();
+        let error = match command.try_get_matches_from_mut(std::env::args_os()) {
+            Ok(matches) => match Self::from_arg_matches(&matches) {
+                Ok(cli) => return cli,
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let note = env_source(&command, &error);
+        let error = error.format(&mut command);
+        let _ = error.print();
+        if let Some(variable) = note {
+            eprintln!(
+                "\nThat value comes from the environment variable {variable} (or a .env file): \
+                 fix it there, or unset it to use the default."
+            );
+        }
+        std::process::exit(error.exit_code());
+    }
+}
+
+/// The environment variable a rejected value came from, if it came from one.
+fn env_source(command: &clap::Command, error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let text = |kind| match error.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let (arg, value) = (
+        text(ContextKind::InvalidArg)?,
+        text(ContextKind::InvalidValue)?,
+    );
+    std::iter::once(command)
+        .chain(command.get_subcommands())
+        .flat_map(|c| c.get_arguments())
+        .filter(|a| {
+            a.get_long().is_some_and(|long| {
+                arg.starts_with(&format!("--{long} ")) || arg == format!("--{long}")
+            })
+        })
+        .filter_map(|a| a.get_env()?.to_str().map(str::to_owned))
+        .find(|env| std::env::var(env).is_ok_and(|v| v == value))
+}
+
 /// What `clerk-sync bench` sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,6 +97,9 @@ pub enum Scenario {
 pub enum Command {
     /// Run the HTTP service and the outbox worker (applies pending migrations first).
     Serve(ServeArgs),
+    /// `serve` for development: instead of log lines, one line per webhook (type, Clerk
+    /// id, outcome, milliseconds), coloured on a terminal.
+    Dev(ServeArgs),
     /// Apply the embedded migrations (adopts a database the Prisma app already uses), or
     /// take the database back to an earlier version with --revert-to.
     Migrate(MigrateArgs),
@@ -62,6 +120,17 @@ pub enum Command {
     /// Compare Clerk's user list with the database and provision or update what webhooks
     /// missed; report users that Clerk no longer has. Resumes an interrupted pass.
     Reconcile(ReconcileArgs),
+    /// Print a shell completion script: `clerk-sync completions bash > \
+    /// ~/.local/share/bash-completion/completions/clerk-sync` (zsh: a file `_clerk-sync` in
+    /// a directory of $fpath; fish: ~/.config/fish/completions/clerk-sync.fish).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -228,6 +297,11 @@ pub struct MigrateArgs {
     /// With --revert-to: drop clerk-sync's own tables even when they hold rows.
     #[arg(long, requires = "revert_to")]
     pub yes: bool,
+
+    /// List the applied and the pending migrations and change nothing; exit 1 when some
+    /// are pending (a check before a deploy).
+    #[arg(long, conflicts_with = "revert_to")]
+    pub status: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -266,9 +266,15 @@ pub fn parse_secrets(raw: &str) -> Result<Vec<WebhookSecret>, ConfigError> {
         .enumerate()
         .map(|(i, s)| {
             WebhookSecret::parse(s).map_err(|e| {
+                // `,` is not base64: the usual cause is a list written like the API keys'.
+                let hint = if s.contains(',') {
+                    "; several secrets are separated by spaces, not commas"
+                } else {
+                    ""
+                };
                 invalid(
                     "CLERK_WEBHOOK_SIGNING_SECRET",
-                    format!("secret #{}: {e}", i + 1),
+                    format!("secret #{}: {e}{hint}", i + 1),
                 )
             })
         })
@@ -383,6 +389,17 @@ mod tests {
             e.starts_with("CLERK_WEBHOOK_SIGNING_SECRET: secret #1"),
             "{e}"
         );
+        let e = serve(&[
+            "--clerk-webhook-signing-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.ends_with("separated by spaces, not commas"), "{e}");
+        let e = serve(&["--clerk-webhook-signing-secret", "whsec_AA=="])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is 1 byte(s) long"), "{e}");
         let e = serve(&["--signup-credits=-1"]).unwrap_err().to_string();
         assert!(e.starts_with("SIGNUP_CREDITS"), "{e}");
         let e = serve(&["--host", "localhost"]).unwrap_err().to_string();

@@ -3,16 +3,14 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use std::time::Duration;
 
-use clerk_sync::cli::{BenchArgs, Cli, Command, DiagnoseArgs, MigrateArgs, PrismaSchemaArgs};
+use clerk_sync::cli::{BenchArgs, Cli, Command, DiagnoseArgs, PrismaSchemaArgs};
 use clerk_sync::commands::{send, smoke};
 use clerk_sync::config::{Config, DatabaseSettings, DatabaseUrl};
 use clerk_sync::startup::Application;
-use clerk_sync::store::Store;
 use clerk_sync::{dev_secret, telemetry};
 
 fn main() -> ExitCode {
@@ -39,15 +37,17 @@ fn main() -> ExitCode {
 }
 
 async fn async_main(env_file: Option<clerk_sync::env_file::EnvFile>) -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_or_exit();
     let filter = match cli.command {
         Command::Serve(_) => telemetry::DEFAULT_FILTER,
+        // Its own line per webhook instead of the request log; warnings, and the ready line.
+        Command::Dev(_) => DEV_FILTER,
         _ => telemetry::QUIET_FILTER,
     };
     telemetry::init(cli.log_format, filter);
     if let Some(file) = &env_file {
         match cli.command {
-            Command::Serve(_) => {
+            Command::Serve(_) | Command::Dev(_) => {
                 tracing::info!(file = %file.path.display(), variables = ?file.set, overridden = ?file.overridden, "read .env")
             }
             _ => eprintln!("clerk-sync: {}", file.describe()),
@@ -65,8 +65,30 @@ async fn async_main(env_file: Option<clerk_sync::env_file::EnvFile>) -> ExitCode
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => serve(Config::from_serve_args(&args)?).await,
-        Command::Migrate(args) => migrate(args).await,
+        Command::Serve(args) => serve(Config::from_serve_args(&args)?, None).await,
+        Command::Dev(args) => {
+            let colour = clerk_sync::commands::dev::colour_wanted();
+            let observer: clerk_sync::http::WebhookObserver = std::sync::Arc::new(move |seen| {
+                let at = chrono::Local::now();
+                println!("{}", clerk_sync::commands::dev::line(&seen, at, colour));
+            });
+            serve(Config::from_serve_args(&args)?, Some(observer)).await
+        }
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), "clerk-sync", &mut script);
+            let mut script = String::from_utf8(script)?;
+            if args.shell == clap_complete::Shell::Bash {
+                // clap_complete 4.6.12 spells the state of a hyphenated binary two ways
+                // (clap-rs/clap#6421), so no subcommand's flags complete: use the one the
+                // dispatch loop uses. tests/api/tools.rs completes `migrate --st`.
+                script = script.replace("clerk__subcmd__sync", "clerk__sync");
+            }
+            print!("{script}");
+            Ok(())
+        }
+        Command::Migrate(args) => clerk_sync::commands::migrate::run_command(args).await,
         Command::Send(args) => send::run(args).await,
         Command::PrismaSchema(args) => prisma_schema(args),
         Command::Diagnose(args) => diagnose(args).await,
@@ -111,45 +133,6 @@ fn prisma_schema(args: PrismaSchemaArgs) -> anyhow::Result<()> {
         (_, schema) => print!("{}", ps::render(schema.as_deref())?),
     }
     Ok(())
-}
-
-async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let settings = DatabaseSettings::from_args(&args.database, Duration::from_secs(30))?;
-    let url = settings.migration_url();
-    // One direct connection first: a cause and its fix, at once, instead of a pool
-    // timing out 30 s later.
-    clerk_sync::store::connect::probe(url).await?;
-    let store = Store::connect(url, 1, settings.transaction_timeout).await?;
-    let result = async {
-        if let Some(target) = args.revert_to {
-            let plan = store
-                .revert_to(target, args.yes)
-                .await
-                .context("reverting migrations")?;
-            for (table, rows) in &plan.dropped_rows {
-                println!("dropped \"{table}\" with {rows} row(s)");
-            }
-            println!(
-                "{url}: reverted {} migration(s) {:?}; the database is at version {target}",
-                plan.versions.len(),
-                plan.versions
-            );
-            return Ok(());
-        }
-        let pending = store
-            .pending_migrations()
-            .await
-            .context("reading applied migrations")?;
-        store.migrate().await.context("applying migrations")?;
-        println!(
-            "{url}: applied {} migration(s) {pending:?}; schema is current",
-            pending.len()
-        );
-        Ok(())
-    }
-    .await;
-    store.close().await;
-    result
 }
 
 /// Connect for `diagnose` / `smoke` (over `DIRECT_URL` when set), refusing to create a
@@ -244,6 +227,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .map(DatabaseUrl::parse)
             .transpose()
             .map_err(|p| anyhow::anyhow!("--verify-database-url: {p}"))?,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     // The generator gets its own runtime, sized by --threads.
     let threads = args.threads;
@@ -300,24 +284,60 @@ fn confirm(prompt: &str) -> anyhow::Result<bool> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
-async fn serve(mut config: Config) -> anyhow::Result<()> {
-    if config.webhook_secrets.is_empty() {
-        let dir = config.database.url.data_dir();
-        let (secret, text, created) = dev_secret::load_or_create(&dir)
-            .with_context(|| format!("preparing the development secret in {}", dir.display()))?;
+/// `clerk-sync dev`'s log filter: warnings, and the ready line.
+const DEV_FILTER: &str = "warn,clerk_sync::ready=info";
+
+async fn serve(
+    mut config: Config,
+    observer: Option<clerk_sync::http::WebhookObserver>,
+) -> anyhow::Result<()> {
+    let dev_secret = match config.webhook_secrets.is_empty() {
+        true => {
+            let secret = dev_secret::DevSecret::prepare(&config.database.url.data_dir())
+                .context("reading the development signing secret")?;
+            config.webhook_secrets = vec![secret.secret.clone()];
+            Some(secret)
+        }
+        false => None,
+    };
+    // Bind, reach the database, migrate: a failure here prints no secret and keeps none.
+    let mut app = Application::build(&config).await?;
+    if let Some(observer) = observer {
+        app = app.with_observer(observer);
+    }
+    if let Some(secret) = &dev_secret {
+        secret.keep().map_err(|e| {
+            anyhow::anyhow!(
+                "CLERK_WEBHOOK_SIGNING_SECRET is not set, and the development secret cannot be \
+                 kept in {}: {}. Set CLERK_WEBHOOK_SIGNING_SECRET to the Signing Secret of your \
+                 Clerk webhook endpoint (whsec_…), or start from a directory where {} can be \
+                 written",
+                secret.path().display(),
+                clerk_sync::store::connect::io_cause(&e),
+                secret
+                    .path()
+                    .parent()
+                    .map_or(".".into(), |p| p.display().to_string()),
+            )
+        })?;
         eprintln!(
-            "CLERK_WEBHOOK_SIGNING_SECRET is not set; {} development secret {}:\n  {text}\n\
+            "CLERK_WEBHOOK_SIGNING_SECRET is not set; {} development secret {}:\n  {}\n\
              Use it as the signing secret of a Clerk webhook endpoint, or run `clerk-sync send`.",
-            if created {
+            if secret.new {
                 "generated the"
             } else {
                 "using the"
             },
-            dev_secret::path(&dir).display()
+            secret.path().display(),
+            secret.text,
         );
-        config.webhook_secrets = vec![secret];
     }
-    let app = Application::build(&config).await?;
+    tracing::info!(
+        target: "clerk_sync::ready",
+        "ready: give Clerk the webhook URL {} (in development, through a tunnel to this port); data in {}",
+        webhook_url(app.local_addr()),
+        data_location(&config.database.url),
+    );
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -327,6 +347,26 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     });
     app.run_until_stopped(shutdown).await?;
     Ok(())
+}
+
+/// The webhook URL on this machine (`0.0.0.0` is reached as `127.0.0.1`).
+fn webhook_url(addr: std::net::SocketAddr) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}/api/webhooks/clerk")
+}
+
+/// Where the data lives: the SQLite file's full path, or the PostgreSQL URL (no password).
+fn data_location(url: &DatabaseUrl) -> String {
+    match url {
+        DatabaseUrl::Sqlite { path, .. } => std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string(),
+        DatabaseUrl::Postgres { .. } => url.to_string(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -22,8 +22,13 @@ use crate::store::{Store, StoreError};
 pub enum StartupError {
     #[error("no webhook signing secret configured")]
     NoSigningSecret,
-    #[error("could not bind {0}")]
-    Bind(String, #[source] std::io::Error),
+    /// The cause and the fix, in one sentence (no source to repeat it).
+    #[error("could not listen on {addr}: {cause}. {fix}")]
+    Bind {
+        addr: String,
+        cause: String,
+        fix: &'static str,
+    },
     #[error("could not open the database")]
     Database(#[source] StoreError),
     #[error("could not apply migrations")]
@@ -44,18 +49,36 @@ pub struct Application {
     reconcile: Option<std::time::Duration>,
 }
 
+/// `could not listen on …`: what the address error means here, and what to change.
+fn bind_error(addr: std::net::SocketAddr, e: std::io::Error) -> StartupError {
+    use std::io::ErrorKind;
+    let fix = match e.kind() {
+        ErrorKind::AddrInUse => {
+            "Another process listens there (another `clerk-sync serve`?): stop it, or set PORT \
+             (--port) to a free port"
+        }
+        ErrorKind::PermissionDenied => {
+            "Ports below 1024 need privileges: set PORT (--port) to 1024 or above"
+        }
+        ErrorKind::AddrNotAvailable => {
+            "HOST is not an address of this machine: use 127.0.0.1, or 0.0.0.0 for every interface"
+        }
+        _ => "Check HOST and PORT (--host, --port)",
+    };
+    StartupError::Bind {
+        addr: addr.to_string(),
+        cause: crate::store::connect::io_cause(&e),
+        fix,
+    }
+}
+
 /// Apply pending migrations, over `DIRECT_URL` when it is set.
 pub async fn run_migrations(config: &Config, store: &Store) -> Result<(), StartupError> {
-    let url = config
-        .database
-        .direct_url
-        .as_ref()
-        .unwrap_or(&config.database.url);
-    crate::store::connect::probe(url)
-        .await
-        .map_err(StartupError::Unreachable)?;
     match &config.database.direct_url {
         Some(direct) => {
+            crate::store::connect::probe(direct)
+                .await
+                .map_err(StartupError::Unreachable)?;
             let migrator = Store::connect(direct, 1, config.database.transaction_timeout)
                 .await
                 .map_err(StartupError::Migrate)?;
@@ -71,7 +94,7 @@ impl Application {
     pub async fn build(config: &Config) -> Result<Self, StartupError> {
         let listener = TcpListener::bind(config.listen)
             .await
-            .map_err(|e| StartupError::Bind(config.listen.to_string(), e))?;
+            .map_err(|e| bind_error(config.listen, e))?;
         Self::build_with_listener(config, listener).await
     }
 
@@ -82,6 +105,10 @@ impl Application {
         if config.webhook_secrets.is_empty() {
             return Err(StartupError::NoSigningSecret);
         }
+        // One direct connection first: the cause and its fix, at once.
+        crate::store::connect::probe(&config.database.url)
+            .await
+            .map_err(StartupError::Unreachable)?;
         let store = Store::connect(
             &config.database.url,
             config.database.pool_max,
@@ -131,6 +158,7 @@ impl Application {
             metrics,
             api_keys: ApiKeys::new(&config.api_keys),
             clerk: worker.as_ref().map(|(client, _)| client.clone()),
+            observer: None,
         };
         Ok(Self {
             listener,
@@ -139,6 +167,12 @@ impl Application {
             reconcile: config.clerk.reconcile_interval,
             worker: worker.filter(|_| config.run_worker),
         })
+    }
+
+    /// Tell `observer` what each webhook delivery came to (`clerk-sync dev`).
+    pub fn with_observer(mut self, observer: crate::http::WebhookObserver) -> Self {
+        self.state.observer = Some(observer);
+        self
     }
 
     /// Replace the clock used for the signature timestamp check (tests of the vectors).

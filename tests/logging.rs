@@ -70,6 +70,9 @@ async fn log_lines_carry_ids_and_no_personal_data_or_secrets() {
             .await;
         app.post_raw(&[("svix-id", "msg_log_5")], b"{}".to_vec())
             .await;
+        for probe in ["/healthz", "/readyz", "/metrics"] {
+            app.get(probe).await;
+        }
         clerk.script(&[500]);
         step_worker(&app.store, &clerk).await;
         app.stop().await;
@@ -119,6 +122,22 @@ async fn log_lines_carry_ids_and_no_personal_data_or_secrets() {
             );
             assert!(field("event_type").is_some(), "{line}");
         }
+    }
+    // Every answer logged names its method and route; the probes' are not logged at info.
+    let answers = spans_of("finished processing request");
+    assert!(answers.len() >= 10, "{}", answers.len());
+    for line in answers {
+        let spans = line["spans"].as_array().expect("span list");
+        let route = spans.iter().find_map(|s| s.get("route")).expect("route");
+        assert!(spans.iter().any(|s| s.get("method").is_some()), "{line}");
+        assert!(
+            line["status"].is_u64() && line["latency_ms"].is_f64(),
+            "{line}"
+        );
+        assert!(
+            !["/healthz", "/readyz", "/metrics"].contains(&route.as_str().unwrap()),
+            "{line}"
+        );
     }
     assert_eq!(spans_of("database connection established").len(), 2);
     assert_eq!(spans_of("outbox job will be retried").len(), 2);

@@ -5,7 +5,9 @@
 //! (storage, signup, webhooks); nothing in the service uses them.
 
 pub mod bench;
+pub mod dev;
 pub mod diagnose;
+pub mod migrate;
 pub mod prisma_schema;
 pub mod replay;
 pub mod send;

@@ -79,7 +79,13 @@ fn is_json(headers: &HeaderMap) -> bool {
 fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
+        // Without serde_json's ` at line 1 column 47`: the field is named instead.
         let inner = e.inner().to_string();
+        let inner = inner
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         let path = e.path().to_string();
         // serde names missing and unknown fields in its message (a field name, not a value).
         let named = |prefix: &str| {
@@ -97,10 +103,12 @@ fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         if e.inner().is_syntax() || e.inner().is_eof() {
             return ApiError::invalid("body", "is not valid JSON");
         }
-        let problem = if inner.starts_with("unknown variant") {
-            "is not one of the accepted values"
-        } else {
-            "has the wrong type or value"
+        // `unknown variant `x`, expected one of a, b`: the accepted values, not the value.
+        let problem = match inner.split_once("expected one of ") {
+            Some((_, accepted)) if inner.starts_with("unknown variant") => {
+                format!("must be one of: {}", accepted.replace('`', ""))
+            }
+            _ => "has the wrong type or value".to_owned(),
         };
         ApiError::invalid(if path == "." { "body".to_owned() } else { path }, problem)
     })

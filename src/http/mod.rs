@@ -19,10 +19,9 @@ use axum::Router;
 use tokio::sync::Notify;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use tracing::Level;
 
 pub use error::ApiError;
-pub use webhooks::MAX_BODY_BYTES;
+pub use webhooks::{WebhookObserver, WebhookSeen, MAX_BODY_BYTES};
 
 use crate::signup::{SignupQueue, SignupSettings};
 use crate::store::Store;
@@ -43,6 +42,8 @@ pub struct AppState {
     pub api_keys: auth::ApiKeys,
     /// The Clerk Backend API, when `CLERK_SECRET_KEY` is set (lazy provisioning).
     pub clerk: Option<crate::outbox::ClerkClient>,
+    /// Told what each webhook delivery came to (`clerk-sync dev`).
+    pub observer: Option<WebhookObserver>,
 }
 
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -133,9 +134,17 @@ pub fn router(state: AppState) -> Router {
             }
         })
         .on_response(
-            tower_http::trace::DefaultOnResponse::new()
-                .level(Level::INFO)
-                .latency_unit(tower_http::LatencyUnit::Millis),
+            |response: &axum::http::Response<_>, latency: Duration, span: &tracing::Span| {
+                // A probe's span is at DEBUG: below that, its answer is not logged either,
+                // rather than logged without its method and route.
+                if !span.is_disabled() {
+                    tracing::info!(
+                        status = response.status().as_u16(),
+                        latency_ms = latency.as_secs_f64() * 1000.0,
+                        "finished processing request"
+                    );
+                }
+            },
         );
     let (routes, openapi) = routes();
     let openapi = Arc::new(openapi);

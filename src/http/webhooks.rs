@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
+use std::time::Instant;
 use tracing::instrument;
 
 use super::error::ApiError;
@@ -42,11 +43,60 @@ pub async fn clerk_webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<WebhookOutcome>, ApiError> {
-    let result = handle(&state, headers, body).await;
+    let started = Instant::now();
+    let mut seen = Peek::default();
+    let result = handle(&state, headers, body, &mut seen).await;
     if let Err(e) = &result {
         Metrics::count(&state.metrics.webhook_errors, e.code());
     }
+    if let Some(observe) = &state.observer {
+        observe(WebhookSeen {
+            event_type: seen.event_type,
+            clerk_id: seen.data.and_then(|d| d.id),
+            outcome: match &result {
+                Ok(Json(o)) => match (&o.action, &o.reason) {
+                    (Some(action), _) => format!("{} {action}", o.status),
+                    (None, Some(reason)) => format!("{}: {reason}", o.status),
+                    (None, None) => o.status.to_owned(),
+                },
+                Err(e) => e.code().to_owned(),
+            },
+            ok: result.as_ref().is_ok_and(|Json(o)| o.status == "processed"),
+            elapsed: started.elapsed(),
+        });
+    }
     result
+}
+
+/// What one delivery came to, for an observer (`clerk-sync dev`): known before the
+/// signature was checked only as far as the error says.
+#[derive(Debug, Clone)]
+pub struct WebhookSeen {
+    /// `user.created`, …; `None` before the signature was verified.
+    pub event_type: Option<String>,
+    pub clerk_id: Option<String>,
+    /// `processed created`, `duplicate`, `ignored: <reason>`, `failed: <reason>`, or the
+    /// error code (`invalid_signature`, …).
+    pub outcome: String,
+    /// Processed (created, updated or deleted).
+    pub ok: bool,
+    pub elapsed: std::time::Duration,
+}
+
+/// Called once per delivery, after its answer is decided.
+pub type WebhookObserver = std::sync::Arc<dyn Fn(WebhookSeen) + Send + Sync>;
+
+/// The two fields an observer shows, read from a verified body only when one is set.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Peek {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    data: Option<PeekData>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PeekData {
+    id: Option<String>,
 }
 
 /// What became of a verified webhook.
@@ -66,11 +116,15 @@ async fn handle(
     state: &AppState,
     headers: HeaderMap,
     body: Body,
+    seen: &mut Peek,
 ) -> Result<Json<WebhookOutcome>, ApiError> {
     let signature = SignatureHeaders::from_headers(&headers)?;
     tracing::Span::current().record("svix_id", signature.msg_id().as_str());
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
     let hook = signature.verify(&state.webhook_secrets, bytes, (state.clock)())?;
+    if state.observer.is_some() {
+        *seen = serde_json::from_slice(hook.body()).unwrap_or_default();
+    }
     let outcome = signup::handle(
         &state.store,
         &state.signup,

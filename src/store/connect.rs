@@ -29,10 +29,28 @@ impl fmt::Display for Unreachable {
 
 impl std::error::Error for Unreachable {}
 
-/// One direct connection to `url` (PostgreSQL; a SQLite file needs none), within 10 s.
+/// What to do when a SQLite file cannot be created or opened.
+const SQLITE_FIX: &str = "Make that directory writable by this user, or set DATABASE_URL to a \
+    writable place such as sqlite:///var/lib/clerk-sync/clerk-sync.db";
+
+/// An operating system error as a short phrase: `read-only file system`, without
+/// `(os error 30)`.
+pub fn io_cause(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_lowercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+/// One direct connection to `url` within 10 s; for SQLite, create the file's directory
+/// and open the file, so that a path that cannot be written is named with its cause.
 pub async fn probe(url: &DatabaseUrl) -> Result<(), Unreachable> {
-    let DatabaseUrl::Postgres { options, .. } = url else {
-        return Ok(());
+    let options = match url {
+        DatabaseUrl::Postgres { options, .. } => options,
+        DatabaseUrl::Sqlite { options, path } => return probe_sqlite(options, path).await,
     };
     let attempt = tokio::time::timeout(
         Duration::from_secs(10),
@@ -125,5 +143,39 @@ pub fn explain(e: &sqlx::Error, url: &DatabaseUrl) -> Unreachable {
             cause: format!("could not connect to {at}: {other}"),
             fix: "Check DATABASE_URL",
         },
+    }
+}
+
+async fn probe_sqlite(
+    options: &sqlx::sqlite::SqliteConnectOptions,
+    path: &std::path::Path,
+) -> Result<(), Unreachable> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Unreachable {
+            cause: format!(
+                "cannot create {}, the directory of the SQLite database: {}",
+                dir.display(),
+                io_cause(&e)
+            ),
+            fix: SQLITE_FIX,
+        })?;
+    }
+    match sqlx::SqliteConnection::connect_with(options).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Err(e) => Err(Unreachable {
+            cause: format!(
+                "cannot open the SQLite database {}: {}",
+                path.display(),
+                match &e {
+                    sqlx::Error::Database(db) => db.message().to_owned(),
+                    sqlx::Error::Io(io) => io_cause(io),
+                    other => other.to_string(),
+                }
+            ),
+            fix: SQLITE_FIX,
+        }),
     }
 }

@@ -32,16 +32,27 @@ pub enum SecretError {
     NotBase64,
     #[error("is empty")]
     Empty,
+    #[error(
+        "is {0} byte(s) long; a Svix signing secret is {MIN_SECRET_BYTES} or more \
+         (`whsec_` and 32 base64 characters): copy the whole Signing Secret of the endpoint \
+         from the Clerk dashboard"
+    )]
+    TooShort(usize),
 }
+
+/// Svix generates 24-byte keys and accepts 24 to 75; anything shorter is a truncated copy
+/// (or a key anyone could guess).
+pub const MIN_SECRET_BYTES: usize = 24;
 
 impl WebhookSecret {
     pub fn parse(raw: &str) -> Result<Self, SecretError> {
         let b64 = raw.trim().strip_prefix("whsec_").unwrap_or(raw.trim());
         let key = STANDARD.decode(b64).map_err(|_| SecretError::NotBase64)?;
-        if key.is_empty() {
-            return Err(SecretError::Empty);
+        match key.len() {
+            0 => Err(SecretError::Empty),
+            n if n < MIN_SECRET_BYTES => Err(SecretError::TooShort(n)),
+            _ => Ok(Self(key)),
         }
-        Ok(Self(key))
     }
 
     /// A new random secret, for development.
@@ -290,5 +301,19 @@ mod tests {
         let s = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         assert_eq!(format!("{s:?}"), "WebhookSecret(<redacted>)");
         assert!(WebhookSecret::parse("whsec_!!!").is_err());
+    }
+
+    #[test]
+    fn a_truncated_secret_is_refused_with_its_length() {
+        // One byte, and the 32-character secret cut to 28 characters (21 bytes).
+        assert_eq!(
+            WebhookSecret::parse("whsec_AA==").unwrap_err(),
+            SecretError::TooShort(1)
+        );
+        assert_eq!(
+            WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2La").unwrap_err(),
+            SecretError::TooShort(21)
+        );
+        assert!(WebhookSecret::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").is_ok());
     }
 }

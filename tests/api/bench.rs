@@ -90,6 +90,7 @@ fn plan(app: &TestApp, db: &TestDb, scenario: Scenario, requests: usize) -> Benc
         rate: None,
         duplicates: 1,
         verify: Some(DatabaseUrl::parse(&db.url).unwrap()),
+        progress: false,
     }
 }
 

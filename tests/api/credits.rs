@@ -226,6 +226,17 @@ async fn invalid_amounts_and_fields_are_named(backend: Backend) {
             "{body}: {b}"
         );
     }
+    let (_, b) = app
+        .api(
+            Method::POST,
+            &format!("{base}/grant"),
+            Some(json!({"amount": 1, "kind": "gift", "idempotencyKey": "k"})),
+        )
+        .await;
+    assert_eq!(
+        b["message"], "`kind` must be one of: purchase, refund, grant, adjustment",
+        "{b}"
+    );
     let r = app
         .http
         .post(format!("{}{base}/consume", app.address))

@@ -25,4 +25,6 @@ mod revert;
 mod signature;
 mod signup;
 mod signup_concurrency;
+mod startup;
+mod tools;
 mod upgrade;

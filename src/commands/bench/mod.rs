@@ -48,6 +48,8 @@ pub struct BenchPlan {
     pub rate: Option<f64>,
     pub duplicates: usize,
     pub verify: Option<DatabaseUrl>,
+    /// Show how far the run is on stderr, rewritten in place twice a second (a terminal).
+    pub progress: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -184,7 +186,47 @@ async fn deliver_all(
     samples
 }
 
-/// Requests `0..count`, closed loop at `concurrency` or open loop at `rate`.
+/// `  12,000 / 20,000 requests  (6,100/s)`: the progress line, without its `\r`.
+fn progress_line(done: usize, total: usize, elapsed: Duration) -> String {
+    let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+    format!(
+        "  {} / {} requests  ({}/s)",
+        thousands(done as u64),
+        thousands(total as u64),
+        thousands(rate.round() as u64)
+    )
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Rewrite the progress line on stderr every 500 ms until dropped.
+fn show_progress(done: Arc<AtomicUsize>, total: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use std::io::Write;
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let line = progress_line(done.load(Ordering::Relaxed), total, start.elapsed());
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r{line}\x1b[K");
+            let _ = err.flush();
+        }
+    })
+}
+
+/// Requests `0..count`, closed loop at `concurrency` or open loop at `rate`; each
+/// request (with its duplicates) counts one in `done` when answered.
 async fn drive(
     client: &reqwest::Client,
     make: MakeRequest,
@@ -192,6 +234,7 @@ async fn drive(
     concurrency: usize,
     rate: Option<f64>,
     duplicates: usize,
+    done: &Arc<AtomicUsize>,
 ) -> anyhow::Result<Vec<Sample>> {
     let start = Instant::now();
     let mut all = Vec::with_capacity(count * duplicates);
@@ -200,7 +243,8 @@ async fn drive(
             let next = Arc::new(AtomicUsize::new(0));
             let mut workers = Vec::new();
             for _ in 0..concurrency {
-                let (client, make, next) = (client.clone(), make.clone(), next.clone());
+                let (client, make, next, done) =
+                    (client.clone(), make.clone(), next.clone(), done.clone());
                 workers.push(tokio::spawn(async move {
                     let mut samples = Vec::new();
                     loop {
@@ -210,6 +254,7 @@ async fn drive(
                         }
                         samples
                             .extend(deliver_all(client.clone(), make.clone(), i, duplicates).await);
+                        done.fetch_add(1, Ordering::Relaxed);
                     }
                 }));
             }
@@ -226,9 +271,10 @@ async fn drive(
                 // its queueing (no coordinated omission).
                 let scheduled = start + interval.mul_f64(i as f64);
                 tokio::time::sleep_until(scheduled.into()).await;
-                let (client, make) = (client.clone(), make.clone());
+                let (client, make, done) = (client.clone(), make.clone(), done.clone());
                 tasks.push(tokio::spawn(async move {
                     let samples = deliver_all(client, make, i, duplicates).await;
+                    done.fetch_add(1, Ordering::Relaxed);
                     let waited = scheduled.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                     samples
                         .into_iter()
@@ -266,7 +312,8 @@ pub async fn run(plan: BenchPlan) -> anyhow::Result<BenchReport> {
                 .join("/")
                 .context("--url")?;
             let users = plan.events.div_ceil(CONSUMES_PER_USER);
-            let setup = drive(&client, signups, users, plan.concurrency, None, 1).await?;
+            let untimed = Arc::new(AtomicUsize::new(0));
+            let setup = drive(&client, signups, users, plan.concurrency, None, 1, &untimed).await?;
             let failed = setup
                 .iter()
                 .filter(|(_, s)| !(200..300).contains(s))
@@ -281,6 +328,10 @@ pub async fn run(plan: BenchPlan) -> anyhow::Result<BenchReport> {
             )
         }
     };
+    let done = Arc::new(AtomicUsize::new(0));
+    let progress = plan
+        .progress
+        .then(|| show_progress(done.clone(), plan.events));
     let start = Instant::now();
     let samples = drive(
         &client,
@@ -289,9 +340,15 @@ pub async fn run(plan: BenchPlan) -> anyhow::Result<BenchReport> {
         plan.concurrency,
         plan.rate,
         duplicates,
+        &done,
     )
-    .await?;
+    .await;
     let seconds = start.elapsed().as_secs_f64();
+    if let Some(progress) = progress {
+        progress.abort();
+        eprint!("\r\x1b[K");
+    }
+    let samples = samples?;
 
     let mut latencies: Vec<u32> = samples.iter().map(|(l, _)| *l).collect();
     latencies.sort_unstable();
@@ -382,5 +439,24 @@ impl BenchReport {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_counts_and_rates_in_thousands() {
+        assert_eq!(
+            progress_line(12_000, 20_000, Duration::from_secs(2)),
+            "  12,000 / 20,000 requests  (6,000/s)"
+        );
+        assert_eq!(
+            progress_line(0, 5, Duration::ZERO),
+            "  0 / 5 requests  (0/s)"
+        );
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
     }
 }

@@ -245,8 +245,12 @@ pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = fixture_path(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+pub fn fixture_path(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A `user.created` for `user_{name}` with the address `{name}@example.org`.
