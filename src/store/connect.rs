@@ -58,9 +58,10 @@ pub async fn probe(url: &DatabaseUrl) -> Result<(), Unreachable> {
     )
     .await;
     match attempt {
-        Ok(Ok(conn)) => {
+        Ok(Ok(mut conn)) => {
+            let schema = search_path_exists(&mut conn).await;
             let _ = conn.close().await;
-            Ok(())
+            schema
         }
         Ok(Err(e)) => Err(explain(&e, url)),
         Err(_) => Err(Unreachable {
@@ -69,6 +70,24 @@ pub async fn probe(url: &DatabaseUrl) -> Result<(), Unreachable> {
                   that the instance is running (Neon suspends idle computes; the first \
                   connection wakes it)",
         }),
+    }
+}
+
+/// A connection whose `search_path` names no schema that exists (Prisma's `?schema=`
+/// naming one not created yet) connects, then fails at its first `CREATE` with
+/// `no schema has been selected to create in`: say so before.
+async fn search_path_exists(conn: &mut sqlx::PgConnection) -> Result<(), Unreachable> {
+    let row: Result<(Option<String>, String), _> =
+        sqlx::query_as("SELECT current_schema(), current_setting('search_path')")
+            .fetch_one(conn)
+            .await;
+    match row {
+        Ok((None, search_path)) => Err(Unreachable {
+            cause: format!("no schema of the search_path ({search_path}) exists in this database"),
+            fix: "Create the schema Prisma's ?schema= names (CREATE SCHEMA \"name\";), or \
+                  remove ?schema= from DATABASE_URL to use public",
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -23,6 +23,8 @@ async fn connection_errors_say_the_cause_and_the_fix() {
     refused.set_port(Some(dead_port)).unwrap();
     let mut no_database = url.clone();
     no_database.set_path("clerk_sync_no_such_database");
+    let mut no_schema = url.clone();
+    no_schema.set_query(Some("schema=clerk_sync_no_such_schema"));
     url.set_username("clerk_sync_no_such_role").unwrap();
     let no_role = url;
 
@@ -36,6 +38,13 @@ async fn connection_errors_say_the_cause_and_the_fix() {
             no_database.to_string(),
             r#"database "clerk_sync_no_such_database" does not exist"#.to_owned(),
             "Create the database (createdb, or the Neon console) or fix its name",
+        ),
+        (
+            no_schema.to_string(),
+            "no schema of the search_path (clerk_sync_no_such_schema) exists in this database"
+                .to_owned(),
+            "Create the schema Prisma's ?schema= names (CREATE SCHEMA \"name\";), or remove \
+             ?schema= from DATABASE_URL",
         ),
         (
             no_role.to_string(),

@@ -4,15 +4,18 @@ use super::*;
 
 pub(super) async fn connection(store: &Store, target: &Target) -> StepResult {
     let start = Instant::now();
-    if let Err(e) = store.ping().await {
-        // The pool says only that it failed; a direct connection says why.
-        let why = match crate::store::connect::probe(&target.url).await {
-            Err(unreachable) => unreachable,
-            Ok(()) => crate::store::connect::Unreachable {
-                cause: e.to_string(),
-                fix: "Check DATABASE_URL / DIRECT_URL and that the instance is running",
-            },
-        };
+    // A direct connection first: it says why (a pool only says that it failed), and it
+    // sees a search_path that names no schema, which connects and fails later.
+    let probed = crate::store::connect::probe(&target.url).await;
+    let pinged = store.ping().await;
+    if let Some(why) = match (probed, pinged) {
+        (Err(unreachable), _) => Some(unreachable),
+        (Ok(()), Err(e)) => Some(crate::store::connect::Unreachable {
+            cause: e.to_string(),
+            fix: "Check DATABASE_URL / DIRECT_URL and that the instance is running",
+        }),
+        (Ok(()), Ok(())) => None,
+    } {
         return fail(
             format!("cannot connect: {}", why.cause),
             vec![Problem {
