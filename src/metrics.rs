@@ -14,6 +14,49 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// A webhook's type (`user.created`, `user.updated`, `user.deleted`, `other`, or `none`
+/// when the request was refused before its body was verified) and its outcome (the
+/// answer's status, or the error code).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub event_type: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub backend: &'static str,
+}
+
+/// Seconds, from 1 ms to 10 s: a webhook, a Clerk call.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// What a scrape reads from the database and the pool (`Metrics::sample`).
+#[derive(Debug, Clone, Default)]
+pub struct Sampled {
+    /// Jobs `pending`, the age of the oldest, and jobs `dead`; `None` when the database
+    /// did not answer (the gauges keep their last value, and `scrape_errors` counts it).
+    pub outbox: Option<crate::outbox::Backlog>,
+    pub pool: crate::store::PoolStats,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Verified webhooks by outcome: processed, duplicate, ignored, failed.
@@ -32,6 +75,26 @@ pub struct Metrics {
     pub reconcile_passes: Family<OutcomeLabel, Counter>,
     /// Unix time of the last reconcile pass that finished.
     pub reconcile_last_success: Gauge,
+    /// Time from a webhook's arrival to its answer, by type and outcome.
+    pub webhook_duration: Family<WebhookLabels, Histogram>,
+    /// Users created by a `user.created` (or an early update) webhook.
+    pub signups_created: Counter,
+    /// Generations spent through the credits API (replays not counted again).
+    pub credits_consumed: Counter,
+    /// Generations granted through the credits API, by kind.
+    pub credits_granted: Family<KindLabel, Counter>,
+    /// Failed events applied again from their stored payloads, by outcome.
+    pub replayed_events: Family<OutcomeLabel, Counter>,
+    /// A Clerk call of the outbox, by the job's outcome.
+    pub outbox_delivery_duration: Family<OutcomeLabel, Histogram>,
+    outbox_pending: Gauge,
+    outbox_oldest_pending_age: Gauge,
+    outbox_dead: Gauge,
+    pool_connections: Family<StateLabel, Gauge>,
+    pool_max: Gauge,
+    pool_waits: Counter,
+    scrape_errors: Counter,
+    build_info: Family<BuildLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -90,6 +153,111 @@ impl Default for Metrics {
             "Unix time of the last reconcile pass that finished",
             reconcile_last_success.clone(),
         );
+        let webhook_duration = Family::<WebhookLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "webhook_duration_seconds",
+            "Time from a webhook's arrival to its answer, by event type and outcome",
+            webhook_duration.clone(),
+        );
+        let signups_created = Counter::default();
+        registry.register(
+            "signups_created",
+            "Users created from Clerk webhooks",
+            signups_created.clone(),
+        );
+        let credits_consumed = Counter::default();
+        registry.register(
+            "credits_consumed",
+            "Generations spent through the credits API",
+            credits_consumed.clone(),
+        );
+        let credits_granted = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "credits_granted",
+            "Generations granted through the credits API, by kind",
+            credits_granted.clone(),
+        );
+        let replayed_events = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "replayed_events",
+            "Failed webhook events applied again from their stored payloads, by outcome",
+            replayed_events.clone(),
+        );
+        let outbox_delivery_duration = Family::<OutcomeLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "outbox_delivery_duration_seconds",
+            "Clerk calls of the outbox, by the job's outcome",
+            outbox_delivery_duration.clone(),
+        );
+        let (outbox_pending, outbox_oldest_pending_age, outbox_dead) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register(
+            "outbox_pending_jobs",
+            "Outbox jobs waiting for delivery (read at scrape)",
+            outbox_pending.clone(),
+        );
+        registry.register(
+            "outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending outbox job, 0 when none (read at scrape)",
+            outbox_oldest_pending_age.clone(),
+        );
+        registry.register(
+            "outbox_dead_jobs",
+            "Outbox jobs given up on, waiting for a retry by hand (read at scrape)",
+            outbox_dead.clone(),
+        );
+        let pool_connections = Family::<StateLabel, Gauge>::default();
+        let (pool_max, pool_waits, scrape_errors) =
+            (Gauge::default(), Counter::default(), Counter::default());
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections: in_use, idle",
+            pool_connections.clone(),
+        );
+        registry.register(
+            "db_pool_max_connections",
+            "Database pool size limit (DATABASE_POOL_MAX)",
+            pool_max.clone(),
+        );
+        registry.register(
+            "db_pool_waits",
+            "Statements that found every pool connection busy and waited for one",
+            pool_waits.clone(),
+        );
+        registry.register(
+            "metrics_scrape_errors",
+            "Scrapes whose database figures could not be read (their gauges kept their last values)",
+            scrape_errors.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1: the running version and storage backend",
+            build_info.clone(),
+        );
+        for state in ["in_use", "idle"] {
+            let _ = pool_connections.get_or_create(&StateLabel { state });
+        }
+        for kind in <crate::domain::GrantReason as crate::store::TextEnum>::ALL {
+            let _ = credits_granted.get_or_create(&KindLabel {
+                kind: crate::store::TextEnum::as_str(*kind),
+            });
+        }
+        for event_type in ["user.created", "user.updated", "user.deleted"] {
+            for outcome in ["processed", "duplicate", "ignored", "failed"] {
+                let _ = webhook_duration.get_or_create(&WebhookLabels {
+                    event_type,
+                    outcome,
+                });
+            }
+        }
+        for outcome in ["done", "retried", "dead"] {
+            let _ = outbox_delivery_duration.get_or_create(&OutcomeLabel { outcome });
+        }
         // Every family shows at zero from the start, so a dashboard or an alert has a
         // series before the first event.
         for (family, outcomes) in [
@@ -103,6 +271,18 @@ impl Default for Metrics {
                 &["created", "updated", "unchanged", "unprovisionable"][..],
             ),
             (&reconcile_passes, &["done", "failed", "skipped"][..]),
+            (
+                &replayed_events,
+                &["processed", "duplicate", "ignored", "failed"][..],
+            ),
+            (
+                &webhook_errors,
+                &[
+                    "invalid_signature",
+                    "database_unavailable",
+                    "constraint_violation",
+                ][..],
+            ),
         ] {
             for outcome in outcomes {
                 let _ = family.get_or_create(&OutcomeLabel { outcome });
@@ -118,6 +298,20 @@ impl Default for Metrics {
             reconciled_users,
             reconcile_passes,
             reconcile_last_success,
+            webhook_duration,
+            signups_created,
+            credits_consumed,
+            credits_granted,
+            replayed_events,
+            outbox_delivery_duration,
+            outbox_pending,
+            outbox_oldest_pending_age,
+            outbox_dead,
+            pool_connections,
+            pool_max,
+            pool_waits,
+            scrape_errors,
+            build_info,
         }
     }
 }
@@ -125,6 +319,44 @@ impl Default for Metrics {
 impl Metrics {
     pub fn count(family: &Family<OutcomeLabel, Counter>, outcome: &'static str) {
         family.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Set the build's labels once (the backend is known once the store is open).
+    pub fn set_build(&self, backend: &'static str) {
+        self.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                backend,
+            })
+            .set(1);
+    }
+
+    /// Set the gauges read at scrape time.
+    pub fn sample(&self, sampled: &Sampled) {
+        match &sampled.outbox {
+            Some(backlog) => {
+                self.outbox_pending.set(backlog.pending);
+                self.outbox_dead.set(backlog.dead);
+                self.outbox_oldest_pending_age
+                    .set(backlog.oldest_pending_age_seconds);
+            }
+            None => {
+                self.scrape_errors.inc();
+            }
+        }
+        let pool = &sampled.pool;
+        self.pool_connections
+            .get_or_create(&StateLabel { state: "in_use" })
+            .set(i64::from(pool.size) - pool.idle as i64);
+        self.pool_connections
+            .get_or_create(&StateLabel { state: "idle" })
+            .set(pool.idle as i64);
+        self.pool_max.set(i64::from(pool.max));
+        // The store counts waits itself; the counter follows it.
+        let seen = self.pool_waits.get();
+        if pool.waits > seen {
+            self.pool_waits.inc_by(pool.waits - seen);
+        }
     }
 
     /// Prometheus / OpenMetrics text of every family.

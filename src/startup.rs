@@ -142,6 +142,7 @@ impl Application {
             transaction_timeout: config.database.transaction_timeout,
         };
         let metrics = Arc::new(Metrics::default());
+        metrics.set_build(store.backend_name());
         let signup_queue = match &store {
             Store::Postgres(pg) => {
                 Some(SignupQueue::new(pg, &signup, metrics.signup_queue.clone()))

@@ -141,6 +141,7 @@ async fn apply_once(
     loop {
         attempts += 1;
         // One statement, idempotent by its key: safe to run again on a new connection.
+        pg.waits.note(&pg.pool);
         let row: MovementResult =
             store::retry_lost_connection(&pg.pool, || query().fetch_one(&pg.pool))
                 .await

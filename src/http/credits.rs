@@ -9,6 +9,7 @@ use super::extract::ValidJson;
 use super::{ApiError, AppState, ErrorBody};
 use crate::credits::{self, Cursor, LedgerEntry, Movement, MovementRequest, UserCredits};
 use crate::domain::{Amount, CallerKey, ClerkUserId, CreditChange, GrantReason};
+use crate::metrics::KindLabel;
 use utoipa::ToSchema;
 
 fn clerk_id(raw: &str) -> Result<ClerkUserId, ApiError> {
@@ -96,6 +97,19 @@ async fn movement(
         &request,
     )
     .await?;
+    if !m.replayed {
+        let amount = u64::from(m.amount.unsigned_abs());
+        match change {
+            CreditChange::Consume => state.metrics.credits_consumed.inc_by(amount),
+            CreditChange::Grant(kind) => state
+                .metrics
+                .credits_granted
+                .get_or_create(&KindLabel {
+                    kind: crate::store::TextEnum::as_str(kind),
+                })
+                .inc_by(amount),
+        };
+    }
     Ok(Json(m))
 }
 

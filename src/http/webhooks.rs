@@ -11,7 +11,7 @@ use tracing::instrument;
 use super::error::ApiError;
 use super::extract::read_body;
 use super::{AppState, ErrorBody};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WebhookLabels};
 use crate::signup::{self, Outcome};
 use crate::webhooks::verify::SignatureHeaders;
 
@@ -49,6 +49,19 @@ pub async fn clerk_webhook(
     if let Err(e) = &result {
         Metrics::count(&state.metrics.webhook_errors, e.code());
     }
+    state
+        .metrics
+        .webhook_duration
+        .get_or_create(&WebhookLabels {
+            event_type: seen.event_type.as_deref().map_or("none", |t| {
+                crate::webhooks::clerk_event::EventType::parse(t).label()
+            }),
+            outcome: match &result {
+                Ok(Json(o)) => o.status,
+                Err(e) => e.code(),
+            },
+        })
+        .observe(started.elapsed().as_secs_f64());
     if let Some(observe) = &state.observer {
         observe(WebhookSeen {
             event_type: seen.event_type,
@@ -122,9 +135,8 @@ async fn handle(
     tracing::Span::current().record("svix_id", signature.msg_id().as_str());
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
     let hook = signature.verify(&state.webhook_secrets, bytes, (state.clock)())?;
-    if state.observer.is_some() {
-        *seen = serde_json::from_slice(hook.body()).unwrap_or_default();
-    }
+    // The type labels the latency histogram; the id is for an observer only.
+    *seen = serde_json::from_slice(hook.body()).unwrap_or_default();
     let outcome = signup::handle(
         &state.store,
         &state.signup,
@@ -134,6 +146,7 @@ async fn handle(
     .await?;
     Metrics::count(&state.metrics.webhook_events, outcome.status());
     if matches!(outcome, Outcome::Processed(signup::Action::Created)) {
+        state.metrics.signups_created.inc();
         state.outbox_wake.notify_one();
     }
     let status = outcome.status();

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, instrument, warn};
 
 use super::{ClerkClient, DeliveryError, Job};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OutcomeLabel};
 use crate::store::{self, OwnTablesSql, Store, StoreError};
 use crate::with_pool;
 
@@ -135,7 +135,7 @@ pub async fn try_execute_job(
     client: &ClerkClient,
     settings: &WorkerSettings,
 ) -> Result<Outcome, StoreError> {
-    deliver_one(store, client, settings, None).await
+    deliver_one(store, client, settings, None, None).await
 }
 
 /// The start of a retry's reason when the attempt could not check whether an earlier one
@@ -178,6 +178,7 @@ async fn deliver_one(
     client: &ClerkClient,
     settings: &WorkerSettings,
     pace: Option<&Pace>,
+    metrics: Option<&Metrics>,
 ) -> Result<Outcome, StoreError> {
     let Some((id, Json(payload), attempts, unverified)) = claim(store, settings.lease).await?
     else {
@@ -189,7 +190,22 @@ async fn deliver_one(
             if let Some(pace) = pace {
                 pace.wait().await;
             }
-            deliver(client, job, attempts > 1 && unverified).await
+            let started = std::time::Instant::now();
+            let result = deliver(client, job, attempts > 1 && unverified).await;
+            if let Some(metrics) = metrics {
+                let outcome = match &result {
+                    Ok(()) => "done",
+                    Err(DeliveryError::Retryable { .. }) if attempts < settings.max_attempts => {
+                        "retried"
+                    }
+                    Err(_) => "dead",
+                };
+                metrics
+                    .outbox_delivery_duration
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            result
         }
         Err(_) => Err(DeliveryError::Permanent(
             "payload is not a job this version understands".to_owned(),
@@ -383,7 +399,8 @@ async fn deliver_until_stopped(
     shutdown: CancellationToken,
 ) {
     loop {
-        let pause = match deliver_one(&store, &client, &settings, Some(&pace)).await {
+        let pause = match deliver_one(&store, &client, &settings, Some(&pace), Some(&metrics)).await
+        {
             Ok(Outcome::Empty) => settings.poll_interval,
             Ok(outcome) => {
                 let label = match outcome {

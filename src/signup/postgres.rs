@@ -269,6 +269,7 @@ pub(super) async fn run_pg_signup(
 ) -> Result<Vec<Option<Applied>>, sqlx::Error> {
     let now = store::now();
     // One statement, idempotent by `svix-id`: safe to run again on a new connection.
+    pg.waits.note(&pg.pool);
     let found = store::retry_lost_connection(&pg.pool, || {
         pg_signup_query(rows, signup_credits, now, pg.prepared).fetch_all(&pg.pool)
     })

@@ -83,11 +83,41 @@ pub struct PgStore {
     pub pool: PgPool,
     /// False behind a transaction-mode pooler (`pgbouncer=true`): every query unprepared.
     pub prepared: bool,
+    pub waits: PoolWaits,
 }
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pub pool: SqlitePool,
+    pub waits: PoolWaits,
+}
+
+/// Statements that found every connection of the pool busy (none idle, the pool at its
+/// limit), and so waited for one: counted where a statement takes its connection
+/// (`with_pool!`, `with_tx!`, `Store::begin`, and the PostgreSQL signup and credits
+/// statements), read by `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct PoolWaits(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl PoolWaits {
+    pub fn note<DB: sqlx::Database>(&self, pool: &sqlx::Pool<DB>) {
+        if pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections() {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The pool now: connections open, idle, the limit, and the waits so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: usize,
+    pub max: u32,
+    pub waits: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +189,7 @@ macro_rules! with_tx {
             $crate::store::Store::Postgres(pg) => {
                 #[allow(unused_variables)]
                 let $p = pg.prepared;
+                pg.waits.note(&pg.pool);
                 #[allow(unused_mut)]
                 let mut $tx = pg.pool.begin().await?;
                 $body
@@ -166,6 +197,7 @@ macro_rules! with_tx {
             $crate::store::Store::Sqlite(lite) => {
                 #[allow(unused_variables)]
                 let $p = true;
+                lite.waits.note(&lite.pool);
                 #[allow(unused_mut)]
                 let mut $tx = lite.pool.begin_with("BEGIN IMMEDIATE").await?;
                 $body
@@ -182,12 +214,14 @@ macro_rules! with_pool {
             $crate::store::Store::Postgres(pg) => {
                 #[allow(unused_variables)]
                 let $p = pg.prepared;
+                pg.waits.note(&pg.pool);
                 let $pool = &pg.pool;
                 $body
             }
             $crate::store::Store::Sqlite(lite) => {
                 #[allow(unused_variables)]
                 let $p = true;
+                lite.waits.note(&lite.pool);
                 let $pool = &lite.pool;
                 $body
             }
@@ -254,6 +288,7 @@ impl Store {
                 Ok(Self::Postgres(PgStore {
                     pool,
                     prepared: !pgbouncer,
+                    waits: PoolWaits::default(),
                 }))
             }
             DatabaseUrl::Sqlite { options, path } => {
@@ -268,7 +303,10 @@ impl Store {
                     .test_before_acquire(false)
                     .connect_with(options.clone())
                     .await?;
-                Ok(Self::Sqlite(SqliteStore { pool }))
+                Ok(Self::Sqlite(SqliteStore {
+                    pool,
+                    waits: PoolWaits::default(),
+                }))
             }
         }
     }
@@ -277,12 +315,34 @@ impl Store {
     /// [`with_tx!`](crate::with_tx).
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         Ok(match self {
-            Self::Postgres(pg) => StoreTx::Postgres {
-                tx: pg.pool.begin().await?,
-                prepared: pg.prepared,
-            },
-            Self::Sqlite(lite) => StoreTx::Sqlite(lite.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Self::Postgres(pg) => {
+                pg.waits.note(&pg.pool);
+                StoreTx::Postgres {
+                    tx: pg.pool.begin().await?,
+                    prepared: pg.prepared,
+                }
+            }
+            Self::Sqlite(lite) => {
+                lite.waits.note(&lite.pool);
+                StoreTx::Sqlite(lite.pool.begin_with("BEGIN IMMEDIATE").await?)
+            }
         })
+    }
+
+    /// The pool now, for `/metrics`.
+    pub fn pool_stats(&self) -> PoolStats {
+        fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, waits: &PoolWaits) -> PoolStats {
+            PoolStats {
+                size: pool.size(),
+                idle: pool.num_idle(),
+                max: pool.options().get_max_connections(),
+                waits: waits.get(),
+            }
+        }
+        match self {
+            Self::Postgres(pg) => of(&pg.pool, &pg.waits),
+            Self::Sqlite(lite) => of(&lite.pool, &lite.waits),
+        }
     }
 
     pub fn backend_name(&self) -> &'static str {

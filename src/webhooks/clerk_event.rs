@@ -62,6 +62,18 @@ impl EventType {
             .map_or_else(|| Self::Other(raw.to_owned()), |(t, _)| t.clone())
     }
 
+    /// A bounded label (a metric's): the handled type's name, or `other`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Other(_) => "other",
+            handled => Self::HANDLED
+                .iter()
+                .find(|(t, _)| t == handled)
+                .map(|(_, name)| *name)
+                .expect("every handled type is listed"),
+        }
+    }
+
     /// The type as Clerk spells it.
     pub fn as_str(&self) -> &str {
         match self {

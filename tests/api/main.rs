@@ -15,6 +15,7 @@ mod env_file;
 mod first_hour;
 mod health;
 mod hostile;
+mod metrics;
 mod outbox;
 mod outbox_delivery;
 mod pgbouncer;

@@ -413,30 +413,15 @@ pub(super) async fn update_step(store: &Store) -> StepResult {
 }
 
 pub(super) async fn outbox_step(store: &Store) -> StepResult {
-    static BACKLOG: OwnTablesSql = OwnTablesSql::new(
-        r#"
-SELECT CAST(COALESCE(SUM(CASE WHEN "status" = 'pending' THEN 1 ELSE 0 END), 0) AS BIGINT),
-       CAST(COALESCE(SUM(CASE WHEN "status" = 'dead' THEN 1 ELSE 0 END), 0) AS BIGINT),
-       MIN(CASE WHEN "status" = 'pending' THEN "createdAt" END)
-FROM {own}"OutboxJob""#,
-    );
     static REQUEUE_DEAD: OwnTablesSql = OwnTablesSql::new(
         r#"UPDATE {own}"OutboxJob" SET "status" = 'pending', "attempts" = 0, "nextAttemptAt" = CURRENT_TIMESTAMP WHERE "status" = 'dead';"#,
     );
-    let row: Result<(i64, i64, Option<NaiveDateTime>), StoreError> = async {
-        Ok(with_pool!(store, |pool, p| {
-            sqlx::query_as(BACKLOG.for_store(store))
-                .persistent(p)
-                .fetch_one(pool)
-                .await?
-        }))
-    }
-    .await;
-    match row {
-        Ok((pending, dead, oldest)) => {
-            let age = oldest
-                .map(|t| (store::now() - t).num_seconds())
-                .unwrap_or(0);
+    match crate::outbox::backlog(store).await {
+        Ok(crate::outbox::Backlog {
+            pending,
+            dead,
+            oldest_pending_age_seconds: age,
+        }) => {
             let summary = format!("{pending} pending (oldest {age} s), {dead} dead");
             let mut problems = Vec::new();
             if dead > 0 {
