@@ -94,6 +94,7 @@ pub struct Metrics {
     pool_max: Gauge,
     pool_waits: Counter,
     scrape_errors: Counter,
+    database_reachable: Gauge,
     build_info: Family<BuildLabels, Gauge>,
 }
 
@@ -233,6 +234,12 @@ impl Default for Metrics {
             "Scrapes whose database figures could not be read (their gauges kept their last values)",
             scrape_errors.clone(),
         );
+        let database_reachable = Gauge::default();
+        registry.register(
+            "database_reachable",
+            "1 when the database answered this scrape's read, 0 when it did not",
+            database_reachable.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "build_info",
@@ -311,6 +318,7 @@ impl Default for Metrics {
             pool_max,
             pool_waits,
             scrape_errors,
+            database_reachable,
             build_info,
         }
     }
@@ -335,12 +343,14 @@ impl Metrics {
     pub fn sample(&self, sampled: &Sampled) {
         match &sampled.outbox {
             Some(backlog) => {
+                self.database_reachable.set(1);
                 self.outbox_pending.set(backlog.pending);
                 self.outbox_dead.set(backlog.dead);
                 self.outbox_oldest_pending_age
                     .set(backlog.oldest_pending_age_seconds);
             }
             None => {
+                self.database_reachable.set(0);
                 self.scrape_errors.inc();
             }
         }

@@ -71,6 +71,7 @@ async fn database_down_gives_503_and_nothing_half_written(backend: Backend) {
             let (s, b) = status_json(app.get("/readyz").await).await;
             assert_eq!(s, 503, "{b}");
             assert_eq!(b["database"]["status"], "error");
+            assert_scrape_says_unreachable(&app).await;
             assert_nothing_written(&app.store).await;
 
             // Svix retries against a healthy database: processed once.
@@ -98,6 +99,7 @@ async fn database_down_gives_503_and_nothing_half_written(backend: Backend) {
             let (s, b) = status_json(app.post_webhook("msg_down", &body).await).await;
             assert_eq!(s, 503, "{b}");
             assert_eq!(b["error"], "database_unavailable");
+            // (Readers are not blocked in WAL mode: the scrape's read still answers.)
 
             sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
             drop(conn);
@@ -105,6 +107,24 @@ async fn database_down_gives_503_and_nothing_half_written(backend: Backend) {
             let (s, b) = status_json(app.post_webhook("msg_down", &body).await).await;
             assert_eq!((s, b["status"].as_str()), (200, Some("processed")));
         }
+    }
+}
+
+/// `/metrics` still answers, at once, and says the database did not.
+async fn assert_scrape_says_unreachable(app: &TestApp) {
+    let started = std::time::Instant::now();
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let text = response.text().await.unwrap();
+    for (line, what) in [
+        ("clerk_sync_database_reachable 0", "unreachable"),
+        (
+            "clerk_sync_metrics_scrape_errors_total 1",
+            "one scrape error",
+        ),
+    ] {
+        assert!(text.lines().any(|l| l == line), "{what}: {text}");
     }
 }
 

@@ -9,6 +9,7 @@ mod bench;
 mod connections;
 mod credits;
 mod credits_concurrency;
+mod deploy;
 mod diagnose;
 mod diagnose_ledger;
 mod env_file;

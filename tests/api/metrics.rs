@@ -123,6 +123,7 @@ async fn metrics_count_a_known_sequence(backend: Backend) {
     assert!((1.0..=5.0).contains(&(in_use + idle)), "{in_use} {idle}");
     assert_eq!(value(&text, "clerk_sync_db_pool_waits_total"), 0.0);
     assert_eq!(value(&text, "clerk_sync_metrics_scrape_errors_total"), 0.0);
+    assert_eq!(value(&text, "clerk_sync_database_reachable"), 1.0);
     assert_eq!(
         value(
             &text,
