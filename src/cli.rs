@@ -120,10 +120,28 @@ pub enum Command {
     /// Compare Clerk's user list with the database and provision or update what webhooks
     /// missed; report users that Clerk no longer has. Resumes an interrupted pass.
     Reconcile(ReconcileArgs),
+    /// Exit 0 when the server on HOST:PORT answers `/healthz` (or `/readyz` with
+    /// --ready) within 3 s, 1 otherwise: a container's HEALTHCHECK, with no curl needed.
+    Healthcheck(HealthcheckArgs),
     /// Print a shell completion script: `clerk-sync completions bash > \
     /// ~/.local/share/bash-completion/completions/clerk-sync` (zsh: a file `_clerk-sync` in
     /// a directory of $fpath; fish: ~/.config/fish/completions/clerk-sync.fish).
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The server's address, as `serve` reads it (0.0.0.0 is checked on 127.0.0.1).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// The server's port, as `serve` reads it.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Check `/readyz` (database reachable, migrations current) instead of `/healthz`.
+    #[arg(long)]
+    pub ready: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -91,6 +91,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
             });
             serve(Config::from_serve_args(&args)?, Some(observer)).await
         }
+        Command::Healthcheck(args) => {
+            let url = format!(
+                "{}/{}",
+                send::origin(&args.host, args.port),
+                if args.ready { "readyz" } else { "healthz" }
+            );
+            let response = reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()?
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("{url}: no answer"))?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url}: {}",
+                response.status()
+            );
+            println!("{url}: {}", response.status());
+            Ok(())
+        }
         Command::Completions(args) => {
             use clap::CommandFactory;
             let mut script = Vec::new();

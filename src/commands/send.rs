@@ -60,6 +60,20 @@ pub fn signing_secret(
     })
 }
 
+/// `http://HOST:PORT` of a server started with `serve`'s HOST and PORT: a wildcard
+/// address is reached on loopback, an IPv6 one in brackets.
+pub fn origin(host: &str, port: u16) -> String {
+    let host = match host {
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+        host => host,
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        format!("http://[{host}]:{port}")
+    } else {
+        format!("http://{host}:{port}")
+    }
+}
+
 pub async fn run(args: SendArgs) -> anyhow::Result<()> {
     let secret = signing_secret(
         args.clerk_webhook_signing_secret.as_deref(),
@@ -70,18 +84,10 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         None => serde_json::to_vec(&sample_user_created(now.timestamp_millis()))?,
     };
-    let url = args.url.clone().unwrap_or_else(|| {
-        let host = match args.host.as_str() {
-            "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
-            host => host,
-        };
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.to_owned()
-        };
-        format!("http://{host}:{}/api/webhooks/clerk", args.port)
-    });
+    let url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("{}/api/webhooks/clerk", origin(&args.host, args.port)));
     let clerk_id = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|event| event["data"]["id"].as_str().map(str::to_owned));

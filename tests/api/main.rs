@@ -7,6 +7,7 @@ mod adoption;
 mod backends_agree;
 mod bench;
 mod connections;
+mod container;
 mod credits;
 mod credits_concurrency;
 mod deploy;
