@@ -388,6 +388,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CLERK_SYNC_API_KEYS", hide_env_values = true)]
     pub clerk_sync_api_keys: Option<String>,
 
+    /// Keys that open the console at /admin, comma separated (several during rotation; at
+    /// least 16 characters each). Unset: the console is off (/admin answers 404).
+    #[arg(long, env = "CLERK_SYNC_ADMIN_KEYS", hide_env_values = true)]
+    pub clerk_sync_admin_keys: Option<String>,
+
     /// Clerk Backend API base URL.
     #[arg(long, env = "CLERK_API_URL", default_value = "https://api.clerk.com")]
     pub clerk_api_url: String,

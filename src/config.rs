@@ -100,6 +100,8 @@ pub struct Config {
     pub signup_credits: i32,
     /// Keys accepted by the `/v1` API; empty refuses every call.
     pub api_keys: Vec<Redacted<String>>,
+    /// Keys that open the console; empty turns it off.
+    pub admin_keys: Vec<Redacted<String>>,
     /// Run the outbox worker inside `serve` (tests step it by hand instead).
     pub run_worker: bool,
     /// Connection timeouts and limits of the HTTP server.
@@ -142,25 +144,11 @@ impl Config {
                 format!("must be between 0 and {MAX_CREDITS}"),
             ));
         }
-        let api_keys = args
-            .clerk_sync_api_keys
-            .as_deref()
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .enumerate()
-            .map(|(i, k)| {
-                if k.len() >= 16 && k.bytes().all(|b| b.is_ascii_graphic()) {
-                    Ok(Redacted(k.to_owned()))
-                } else {
-                    Err(invalid(
-                        "CLERK_SYNC_API_KEYS",
-                        format!("key #{} must be at least 16 printable characters", i + 1),
-                    ))
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let api_keys = parse_keys("CLERK_SYNC_API_KEYS", args.clerk_sync_api_keys.as_deref())?;
+        let admin_keys = parse_keys(
+            "CLERK_SYNC_ADMIN_KEYS",
+            args.clerk_sync_admin_keys.as_deref(),
+        )?;
         if args.reconcile_interval.is_some() && secret_key.is_none() {
             return Err(invalid(
                 "RECONCILE_INTERVAL",
@@ -171,6 +159,7 @@ impl Config {
             database,
             listen: SocketAddr::new(ip, args.port),
             api_keys,
+            admin_keys,
             webhook_secrets,
             clerk: ClerkSettings {
                 api_url,
@@ -258,6 +247,26 @@ fn server_settings(args: &ServeArgs) -> Result<ServerSettings, ConfigError> {
         max_connections: args.max_connections,
         shutdown_drain: millis("SHUTDOWN_DRAIN_MS", args.shutdown_drain_ms, 600_000)?,
     })
+}
+
+/// Bearer or console keys: comma separated, each at least 16 printable characters.
+fn parse_keys(var: &'static str, raw: Option<&str>) -> Result<Vec<Redacted<String>>, ConfigError> {
+    raw.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .enumerate()
+        .map(|(i, k)| {
+            if k.len() >= 16 && k.bytes().all(|b| b.is_ascii_graphic()) {
+                Ok(Redacted(k.to_owned()))
+            } else {
+                Err(invalid(
+                    var,
+                    format!("key #{} must be at least 16 printable characters", i + 1),
+                ))
+            }
+        })
+        .collect()
 }
 
 /// `whsec_…` secrets separated by spaces (several during rotation).

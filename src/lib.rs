@@ -7,7 +7,8 @@
 //! startup            one process: the HTTP server and the outbox worker, supervised
 //! http/              thin handlers, router + OpenAPI, one ApiError, one ErrorBody
 //! signup/ credits/   the use cases, each transaction in one place (and reconcile, which
-//!                    applies Clerk's user list through signup's transaction):
+//!                    applies Clerk's user list through signup's transaction, and replay,
+//!                    which applies a failed event's stored payload through it):
 //!   outbox/            mod.rs decides; postgres.rs is the ONE statement; stepwise.rs the
 //!                      same steps one at a time (SQLite); statements.rs the shared SQL
 //! webhooks/ domain/  Svix verification, Clerk payloads, types that parse (ledger enums)
@@ -26,6 +27,7 @@
 //! Where a decision is taken twice (PostgreSQL in SQL, SQLite in Rust),
 //! `tests/api/backends_agree` runs one sequence through both and compares every row.
 
+pub mod admin;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -37,6 +39,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod reconcile;
+pub mod replay;
 pub mod signup;
 pub mod startup;
 pub mod store;

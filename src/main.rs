@@ -179,17 +179,7 @@ async fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
     let store = clerk_sync::commands::open_existing(&args.database).await?;
     let settings = DatabaseSettings::from_args(&args.database, Duration::from_secs(30))?;
     let url = settings.migration_url();
-    let target = clerk_sync::commands::diagnose::Target {
-        url: url.clone(),
-        display: url.to_string(),
-        pgbouncer: matches!(
-            url,
-            DatabaseUrl::Postgres {
-                pgbouncer: true,
-                ..
-            }
-        ),
-    };
+    let target = clerk_sync::commands::diagnose::Target::for_url(url);
     let mut report = clerk_sync::commands::diagnose::run(&store, &target).await;
     print_report(&report, args.json)?;
     if args.fix {
@@ -343,6 +333,10 @@ async fn serve(
     if let Some(observer) = observer {
         app = app.with_observer(observer);
     }
+    // The console's Health page renders `clerk-sync diagnose` (over DIRECT_URL when set).
+    app = app.with_diagnose(clerk_sync::commands::diagnose::console_report(
+        config.database.migration_url(),
+    ));
     if let Some(secret) = &dev_secret {
         secret.keep().map_err(|e| {
             anyhow::anyhow!(

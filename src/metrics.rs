@@ -96,6 +96,8 @@ pub struct Metrics {
     scrape_errors: Counter,
     database_reachable: Gauge,
     build_info: Family<BuildLabels, Gauge>,
+    /// The last hour of signups, per minute, for the console.
+    pub recent_signups: RecentSignups,
 }
 
 impl Default for Metrics {
@@ -320,6 +322,7 @@ impl Default for Metrics {
             scrape_errors,
             database_reachable,
             build_info,
+            recent_signups: RecentSignups::default(),
         }
     }
 }
@@ -393,5 +396,127 @@ impl Default for QueueMetrics {
             waiting: Gauge::default(),
             batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
         }
+    }
+}
+
+/// Signups (`user.created` webhooks, and requests refused before their type was known)
+/// of the last hour, per minute, in this process: for the console's chart.
+#[derive(Debug, Default)]
+pub struct RecentSignups {
+    minutes: std::sync::Mutex<std::collections::VecDeque<Minute>>,
+}
+
+/// One minute of [`RecentSignups`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Minute {
+    /// Unix time of the minute's start, in minutes.
+    pub minute: i64,
+    pub processed: u32,
+    /// Duplicates and ignored events: answered, nothing to do.
+    pub unchanged: u32,
+    /// Recorded failed, or answered with an error.
+    pub failed: u32,
+    /// Latency counts per [`LATENCY_BUCKETS`] bound, then one above the last.
+    buckets: [u32; 14],
+}
+
+impl Minute {
+    /// The latency under which `q` of this minute's signups were answered (the bucket's
+    /// upper bound, in milliseconds); `None` with no signups.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total: u32 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * f64::from(total)).ceil().max(1.0) as u32;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(LATENCY_BUCKETS.get(i).map_or(20_000.0, |s| s * 1000.0));
+            }
+        }
+        None
+    }
+}
+
+impl RecentSignups {
+    const KEEP: i64 = 60;
+
+    /// Count one answer at `unix_seconds`: `outcome` as the latency histogram labels it.
+    pub fn record(&self, unix_seconds: i64, outcome: &str, seconds: f64) {
+        let minute = unix_seconds.div_euclid(60);
+        let mut minutes = self.minutes.lock().expect("never poisoned");
+        if minutes.back().is_none_or(|m| m.minute != minute) {
+            minutes.push_back(Minute {
+                minute,
+                ..Minute::default()
+            });
+            while minutes
+                .front()
+                .is_some_and(|m| m.minute <= minute - Self::KEEP)
+            {
+                minutes.pop_front();
+            }
+        }
+        let current = minutes.back_mut().expect("just pushed");
+        match outcome {
+            "processed" => current.processed += 1,
+            "duplicate" | "ignored" => current.unchanged += 1,
+            _ => current.failed += 1,
+        }
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        current.buckets[bucket] += 1;
+    }
+
+    /// The last 60 minutes up to `unix_seconds`, oldest first, a minute with nothing
+    /// included as zeros.
+    pub fn last_hour(&self, unix_seconds: i64) -> Vec<Minute> {
+        let now = unix_seconds.div_euclid(60);
+        let minutes = self.minutes.lock().expect("never poisoned");
+        (now - Self::KEEP + 1..=now)
+            .map(|minute| {
+                minutes
+                    .iter()
+                    .find(|m| m.minute == minute)
+                    .cloned()
+                    .unwrap_or(Minute {
+                        minute,
+                        ..Minute::default()
+                    })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_signups_keep_an_hour_by_minute() {
+        let recent = RecentSignups::default();
+        let t0 = 1_800_000_000;
+        recent.record(t0, "processed", 0.004);
+        recent.record(t0 + 1, "processed", 0.2);
+        recent.record(t0 + 2, "invalid_signature", 0.0001);
+        recent.record(t0 + 61, "duplicate", 0.001);
+        let hour = recent.last_hour(t0 + 61);
+        assert_eq!(hour.len(), 60);
+        let first = &hour[58];
+        assert_eq!((first.processed, first.unchanged, first.failed), (2, 0, 1));
+        assert_eq!(first.quantile_ms(0.5), Some(5.0));
+        assert_eq!(first.quantile_ms(0.99), Some(250.0));
+        assert_eq!(hour[59].unchanged, 1);
+        assert_eq!(hour[0].quantile_ms(0.5), None);
+        // An hour later the old minutes are gone.
+        recent.record(t0 + 3_700, "processed", 0.01);
+        assert!(recent
+            .last_hour(t0 + 3_700)
+            .iter()
+            .all(|m| m.processed + m.failed + m.unchanged <= 1));
     }
 }

@@ -160,6 +160,8 @@ impl Application {
             api_keys: ApiKeys::new(&config.api_keys),
             clerk: worker.as_ref().map(|(client, _)| client.clone()),
             observer: None,
+            console: crate::http::console::ConsoleKeys::new(&config.admin_keys),
+            diagnose: None,
         };
         Ok(Self {
             listener,
@@ -173,6 +175,12 @@ impl Application {
     /// Tell `observer` what each webhook delivery came to (`clerk-sync dev`).
     pub fn with_observer(mut self, observer: crate::http::WebhookObserver) -> Self {
         self.state.observer = Some(observer);
+        self
+    }
+
+    /// Give the console's Health page its `diagnose` report.
+    pub fn with_diagnose(mut self, report: crate::http::console::DiagnoseReport) -> Self {
+        self.state.diagnose = Some(report);
         self
     }
 

@@ -1,6 +1,7 @@
 //! The HTTP surface: thin handlers over the use cases.
 
 pub mod auth;
+pub mod console;
 mod credits;
 pub mod error;
 mod extract;
@@ -44,6 +45,10 @@ pub struct AppState {
     pub clerk: Option<crate::outbox::ClerkClient>,
     /// Told what each webhook delivery came to (`clerk-sync dev`).
     pub observer: Option<WebhookObserver>,
+    /// The console's keys; `None`: the console is off.
+    pub console: Option<console::ConsoleKeys>,
+    /// The console's Health page runs this for the `diagnose` report.
+    pub diagnose: Option<console::DiagnoseReport>,
 }
 
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -156,6 +161,7 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(openapi) }
             }),
         )
+        .merge(console::routes())
         .fallback(not_found)
         .with_state(state)
         .layer(trace)

@@ -49,19 +49,27 @@ pub async fn clerk_webhook(
     if let Err(e) = &result {
         Metrics::count(&state.metrics.webhook_errors, e.code());
     }
+    let labels = WebhookLabels {
+        event_type: seen.event_type.as_deref().map_or("none", |t| {
+            crate::webhooks::clerk_event::EventType::parse(t).label()
+        }),
+        outcome: match &result {
+            Ok(Json(o)) => o.status,
+            Err(e) => e.code(),
+        },
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    if matches!(labels.event_type, "user.created" | "none") {
+        state
+            .metrics
+            .recent_signups
+            .record((state.clock)(), labels.outcome, seconds);
+    }
     state
         .metrics
         .webhook_duration
-        .get_or_create(&WebhookLabels {
-            event_type: seen.event_type.as_deref().map_or("none", |t| {
-                crate::webhooks::clerk_event::EventType::parse(t).label()
-            }),
-            outcome: match &result {
-                Ok(Json(o)) => o.status,
-                Err(e) => e.code(),
-            },
-        })
-        .observe(started.elapsed().as_secs_f64());
+        .get_or_create(&labels)
+        .observe(seconds);
     if let Some(observe) = &state.observer {
         observe(WebhookSeen {
             event_type: seen.event_type,

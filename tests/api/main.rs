@@ -7,6 +7,8 @@ mod adoption;
 mod backends_agree;
 mod bench;
 mod connections;
+mod console;
+mod console_browser;
 mod container;
 mod credits;
 mod credits_concurrency;

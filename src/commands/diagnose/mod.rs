@@ -137,6 +137,31 @@ pub struct Target {
 }
 
 /// Run every step, in order, against the database.
+impl Target {
+    pub fn for_url(url: &crate::store::DatabaseUrl) -> Self {
+        Self {
+            url: url.clone(),
+            display: url.to_string(),
+            pgbouncer: matches!(
+                url,
+                crate::store::DatabaseUrl::Postgres {
+                    pgbouncer: true,
+                    ..
+                }
+            ),
+        }
+    }
+}
+
+/// The report the console's Health page shows, for the database at `url`.
+pub fn console_report(url: &crate::store::DatabaseUrl) -> crate::http::console::DiagnoseReport {
+    let target = std::sync::Arc::new(Target::for_url(url));
+    std::sync::Arc::new(move |store| {
+        let target = target.clone();
+        Box::pin(async move { run(&store, &target).await.render() })
+    })
+}
+
 pub async fn run(store: &Store, target: &Target) -> Report {
     let mut results = Vec::new();
     let connection = connection(store, target).await;

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{init, TestDb, API_KEY, API_KEY_2, SECRET};
+use super::{init, TestDb, ADMIN_KEY, API_KEY, API_KEY_2, SECRET};
 
 #[derive(Debug, Clone)]
 pub struct AppOptions {
@@ -30,6 +30,8 @@ pub struct AppOptions {
     pub header_read_timeout_ms: Option<u64>,
     pub max_connections: Option<usize>,
     pub shutdown_drain_ms: Option<u64>,
+    /// `CLERK_SYNC_ADMIN_KEYS`: the console's keys.
+    pub admin_keys: String,
 }
 
 impl Default for AppOptions {
@@ -46,6 +48,7 @@ impl Default for AppOptions {
             header_read_timeout_ms: None,
             max_connections: None,
             shutdown_drain_ms: None,
+            admin_keys: ADMIN_KEY.to_owned(),
         }
     }
 }
@@ -77,6 +80,8 @@ pub fn config_for(db: &TestDb, opts: &AppOptions) -> Config {
         "5",
         "--clerk-sync-api-keys",
         &opts.api_keys,
+        "--clerk-sync-admin-keys",
+        &opts.admin_keys,
     ];
     if let Some(u) = &opts.clerk_api_url {
         argv.extend(["--clerk-api-url", u]);
@@ -131,6 +136,9 @@ impl TestApp {
         if let Some(now) = now {
             app = app.with_clock(Arc::new(move || now));
         }
+        app = app.with_diagnose(clerk_sync::commands::diagnose::console_report(
+            config.database.migration_url(),
+        ));
         let address = format!("http://{}", app.local_addr());
         let store = db.store().await;
         let shutdown = CancellationToken::new();

@@ -44,6 +44,7 @@ macro_rules! both_backends {
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const API_KEY: &str = "csk_test_primary_0123456789";
 pub const API_KEY_2: &str = "csk_test_rotated_0123456789";
+pub const ADMIN_KEY: &str = "console_admin_key_0123456789";
 
 static INIT: Once = Once::new();
 
