@@ -14,7 +14,6 @@ import time
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 
@@ -54,12 +53,12 @@ def main() -> None:
         driver.save_screenshot(str(out / f"{name}.png"))
 
     def navigating(action) -> None:
-        """Run `action` (a click, a submit), then wait for the next page to load."""
-        page = driver.find_element(By.TAG_NAME, "html")
+        """Run `action` (a click, a submit), then wait for the next page to load: a mark
+        left on this page's window is gone once another document is there."""
+        driver.execute_script("window.__leaving = true")
         action()
-        WebDriverWait(driver, 15).until(EC.staleness_of(page))
-        WebDriverWait(driver, 15).until(
-            lambda d: d.execute_script("return document.readyState") == "complete")
+        WebDriverWait(driver, 15).until(lambda d: d.execute_script(
+            "return window.__leaving === undefined && document.readyState === 'complete'"))
 
     try:
         # No page answers without the key: each sends the browser to the login form.
