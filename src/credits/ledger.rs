@@ -24,6 +24,8 @@ pub struct LedgerEntry {
     #[sqlx(rename = "idempotencyKey")]
     pub idempotency_key: Option<String>,
     #[sqlx(rename = "createdAt")]
+    #[serde(serialize_with = "crate::domain::time::rfc3339_utc")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: NaiveDateTime,
 }
 

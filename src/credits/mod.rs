@@ -74,8 +74,12 @@ pub struct UserCredits {
     #[sqlx(skip)]
     pub balance: i64,
     #[sqlx(rename = "createdAt")]
+    #[serde(serialize_with = "crate::domain::time::rfc3339_utc")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: NaiveDateTime,
     #[sqlx(rename = "updatedAt")]
+    #[serde(serialize_with = "crate::domain::time::rfc3339_utc")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: NaiveDateTime,
 }
 

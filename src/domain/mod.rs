@@ -8,6 +8,7 @@ mod ledger;
 mod redacted;
 mod svix_message_id;
 pub mod text;
+pub mod time;
 
 pub use clerk_user_id::{ClerkUserId, ClerkUserIdError};
 pub use credits::{Amount, AmountError, CallerKey, CallerKeyError, MAX_CREDITS};

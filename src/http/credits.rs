@@ -43,19 +43,31 @@ pub async fn get_user(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsumeRequest {
-    /// 1 to 1000000.
+    /// Generations to spend.
+    #[schema(minimum = 1, maximum = 1000000)]
+    #[serde(deserialize_with = "super::extract::integer")]
     amount: i64,
+    /// Your key for this request: the same key returns the first result.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[ -~]+$")]
     idempotency_key: String,
+    /// Your reference, stored as the ledger row's `tracking_id` (default: the key).
+    #[schema(min_length = 1, max_length = 200, pattern = "^[ -~]+$")]
     reference: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrantRequest {
-    /// 1 to 1000000.
+    /// Generations to grant.
+    #[schema(minimum = 1, maximum = 1000000)]
+    #[serde(deserialize_with = "super::extract::integer")]
     amount: i64,
     kind: GrantReason,
+    /// Your key for this request: the same key returns the first result.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[ -~]+$")]
     idempotency_key: String,
+    /// Your reference, stored as the ledger row's `tracking_id` (default: the key).
+    #[schema(min_length = 1, max_length = 200, pattern = "^[ -~]+$")]
     reference: Option<String>,
 }
 

@@ -114,6 +114,20 @@ fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     })
 }
 
+/// A JSON integer, also when written with a zero fraction (`27.0`): JSON Schema's
+/// `integer`, which the OpenAPI document declares. `27.5` and text are refused.
+pub fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    let n = <serde_json::Number as serde::Deserialize>::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() <= 9.0e15 => Ok(f as i64),
+        _ => Err(D::Error::custom("expected an integer")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 mod health;
 pub mod metrics;
+mod openapi;
 pub mod server;
 mod webhooks;
 
@@ -80,26 +81,72 @@ pub struct ErrorBody {
     pub balance: Option<i64>,
 }
 
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    info(title = "clerk-sync", description = "Clerk webhooks provisioned exactly once, and the credits API."),
-    modifiers(&BearerKey)
-)]
-struct ApiDoc;
-
-struct BearerKey;
-
-impl utoipa::Modify for BearerKey {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(
-                "api_key",
-                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-            );
+/// Every error answer of the API in the one JSON body. axum's own rejections (a query or
+/// path that does not parse, a method the path does not take) come as text or empty, and
+/// so does the request timeout's 503: they are rewritten here, their text kept as the
+/// message when it is short (it names the parameter, never a value from a database).
+async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    use axum::response::IntoResponse;
+    // The console answers in HTML.
+    let console = request.uri().path().starts_with("/admin");
+    let response = next.run(request).await;
+    if console {
+        return response;
     }
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let (code, fallback) = match status.as_u16() {
+        400 | 422 => ("invalid_request", "the request is invalid"),
+        404 => ("not_found", "no such path"),
+        405 => ("method_not_allowed", "this path does not take this method"),
+        408 => ("request_timeout", "the request did not arrive in time"),
+        413 => ("payload_too_large", "the body is larger than the limit"),
+        415 => (
+            "unsupported_media_type",
+            "the body must be application/json",
+        ),
+        503 => (
+            "service_unavailable",
+            "the request took longer than the service allows; retry",
+        ),
+        _ => ("error", "the request failed"),
+    };
+    let message = if text.is_empty() || text.len() > 300 {
+        fallback.to_owned()
+    } else {
+        text
+    };
+    let mut out = (
+        status,
+        axum::Json(ErrorBody {
+            error: code.to_owned(),
+            message,
+            balance: None,
+        }),
+    )
+        .into_response();
+    for (name, value) in &parts.headers {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// The routes and the OpenAPI document generated from the same handler annotations, so
@@ -108,7 +155,7 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi;
     use utoipa_axum::router::OpenApiRouter;
     use utoipa_axum::routes;
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(webhooks::clerk_webhook))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
@@ -117,7 +164,9 @@ fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(credits::consume))
         .routes(routes!(credits::grant))
         .routes(routes!(credits::ledger))
-        .split_for_parts()
+        .split_for_parts();
+    openapi::complete(&mut doc);
+    (router, doc)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -174,4 +223,5 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
+        .layer(axum::middleware::from_fn(json_errors))
 }

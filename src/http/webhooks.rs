@@ -27,7 +27,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
         ("svix-timestamp" = i64, Header, description = "Unix seconds (or `webhook-timestamp`)"),
         ("svix-signature" = String, Header, description = "Space-separated `v1,<base64>` (or `webhook-signature`)"),
     ),
-    request_body(content = String, content_type = "application/json", description = "The Clerk event, at most 256 KiB"),
+    request_body(content = super::openapi::ClerkEvent, content_type = "application/json", description = "The Clerk event, at most 256 KiB, signed as sent (the signature covers the raw bytes)"),
     responses(
         (status = 200, body = WebhookOutcome, description = "processed, duplicate, ignored or failed (recorded with its reason)"),
         (status = 400, body = ErrorBody, description = "Svix headers missing or malformed"),

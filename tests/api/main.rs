@@ -10,6 +10,7 @@ mod connections;
 mod console;
 mod console_browser;
 mod container;
+mod contract;
 mod credits;
 mod credits_concurrency;
 mod deploy;
