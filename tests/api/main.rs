@@ -11,6 +11,7 @@ mod console;
 mod console_browser;
 mod container;
 mod contract;
+mod contract_tools;
 mod credits;
 mod credits_concurrency;
 mod deploy;
