@@ -34,4 +34,5 @@ mod signup;
 mod signup_concurrency;
 mod startup;
 mod tools;
+mod typescript_client;
 mod upgrade;
