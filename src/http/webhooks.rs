@@ -46,14 +46,26 @@ pub async fn clerk_webhook(
     let started = Instant::now();
     let mut seen = Peek::default();
     let result = handle(&state, headers, body, &mut seen).await;
-    if let Err(e) = &result {
+    account(&state, seen, &result, started);
+    result
+}
+
+/// Count the answer (error codes, the latency histogram, the console's last hour) and
+/// tell the observer, if there is one.
+fn account(
+    state: &AppState,
+    seen: Peek,
+    result: &Result<Json<WebhookOutcome>, ApiError>,
+    started: Instant,
+) {
+    if let Err(e) = result {
         Metrics::count(&state.metrics.webhook_errors, e.code());
     }
     let labels = WebhookLabels {
         event_type: seen.event_type.as_deref().map_or("none", |t| {
             crate::webhooks::clerk_event::EventType::parse(t).label()
         }),
-        outcome: match &result {
+        outcome: match result {
             Ok(Json(o)) => o.status,
             Err(e) => e.code(),
         },
@@ -74,7 +86,7 @@ pub async fn clerk_webhook(
         observe(WebhookSeen {
             event_type: seen.event_type,
             clerk_id: seen.data.and_then(|d| d.id),
-            outcome: match &result {
+            outcome: match result {
                 Ok(Json(o)) => match (&o.action, &o.reason) {
                     (Some(action), _) => format!("{} {action}", o.status),
                     (None, Some(reason)) => format!("{}: {reason}", o.status),
@@ -86,7 +98,6 @@ pub async fn clerk_webhook(
             elapsed: started.elapsed(),
         });
     }
-    result
 }
 
 /// What one delivery came to, for an observer (`clerk-sync dev`): known before the
@@ -107,7 +118,8 @@ pub struct WebhookSeen {
 /// Called once per delivery, after its answer is decided.
 pub type WebhookObserver = std::sync::Arc<dyn Fn(WebhookSeen) + Send + Sync>;
 
-/// The two fields an observer shows, read from a verified body only when one is set.
+/// The event's type (a metric label) and Clerk id (for an observer), read from a body
+/// once its signature is verified.
 #[derive(Debug, Default, serde::Deserialize)]
 struct Peek {
     #[serde(rename = "type")]

@@ -40,6 +40,19 @@ pub async fn log_in(app: &TestApp, https: bool) -> String {
     set.split(';').next().unwrap().to_owned()
 }
 
+/// The text of a console page, fetched with a session cookie.
+async fn page(app: &TestApp, session: &str, path: &str) -> String {
+    client()
+        .get(format!("{}{path}", app.address))
+        .header(COOKIE, session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The CSRF token of the forms on a page.
 fn csrf_of(page: &str) -> String {
     let at = page.find(r#"name="csrf" value=""#).expect("a form") + r#"name="csrf" value=""#.len();
@@ -102,17 +115,19 @@ async fn the_console_needs_its_key_and_a_csrf_token(backend: Backend) {
 
     let _ = log_in(&app, true).await;
     let session = log_in(&app, false).await;
-    let page = http
+    let events = http
         .get(format!("{}/admin/events", app.address))
         .header(COOKIE, &session)
         .send()
         .await
         .unwrap();
-    assert_eq!(page.status(), 200);
-    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert_eq!(events.status(), 200);
+    let csp = events.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
     assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
-    assert_eq!(page.headers()["cache-control"], "no-store");
-    let token = csrf_of(&page.text().await.unwrap());
+    assert_eq!(events.headers()["cache-control"], "no-store");
+    let token = csrf_of(&events.text().await.unwrap());
 
     // A dead job: Retry without the token, with another session's token, then with it.
     app.post_webhook("msg_console_1", &created_for("console_one"))
@@ -128,17 +143,7 @@ async fn the_console_needs_its_key_and_a_csrf_token(backend: Backend) {
     ))
     .await;
     let other_session = log_in(&app, false).await;
-    let other_token = csrf_of(
-        &http
-            .get(format!("{}/admin/outbox", app.address))
-            .header(COOKIE, &other_session)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let other_token = csrf_of(&page(&app, &other_session, "/admin/outbox").await);
     let retry = |token: Option<String>| {
         let mut form = Vec::new();
         if let Some(t) = token {
@@ -174,33 +179,14 @@ async fn the_console_needs_its_key_and_a_csrf_token(backend: Backend) {
     assert_eq!(r.status(), 400, "a job that is not dead is not retried");
 
     // The event page masks the email; user lookup by email finds the user.
-    let page = http
-        .get(format!("{}/admin/events/msg_console_1", app.address))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(page.contains("c***@example.org") && !page.contains("console_one@example.org"));
-    let page = http
-        .get(format!(
-            "{}/admin/users?q=console_one%40example.org",
-            app.address
-        ))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let event = page(&app, &session, "/admin/events/msg_console_1").await;
+    assert!(event.contains("c***@example.org") && !event.contains("console_one@example.org"));
+    let user = page(&app, &session, "/admin/users?q=console_one%40example.org").await;
     assert!(
-        page.contains(r#"<td id="clerk-id">user_console_one</td>"#),
-        "{page}"
+        user.contains(r#"<td id="clerk-id">user_console_one</td>"#),
+        "{user}"
     );
-    assert!(page.contains(r#"<td id="balance">20 (20 available, 0 used)</td>"#));
+    assert!(user.contains(r#"<td id="balance">20 (20 available, 0 used)</td>"#));
 
     // Text from a payload is escaped.
     let mut event = fixture_json("clerk-user-created.json");
@@ -208,16 +194,8 @@ async fn the_console_needs_its_key_and_a_csrf_token(backend: Backend) {
     event["data"]["first_name"] = "<script>alert(1)</script>".into();
     app.post_webhook("msg_console_xss", &serde_json::to_vec(&event).unwrap())
         .await;
-    let page = http
-        .get(format!("{}/admin/users?q=user_xss", app.address))
-        .header(COOKIE, &session)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !page.contains("<script>"));
+    let xss = page(&app, &session, "/admin/users?q=user_xss").await;
+    assert!(xss.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !xss.contains("<script>"));
 
     // Logging out needs the token too; then the cookie is cleared.
     let r = http

@@ -7,7 +7,7 @@
 use serde_json::json;
 
 use crate::both_backends;
-use crate::diagnose::sqlite_user_table_with;
+use crate::diagnose::not_null_plan_column;
 use crate::helpers::*;
 
 both_backends!(the_console_works_in_a_browser);
@@ -41,19 +41,7 @@ async fn the_console_works_in_a_browser(backend: Backend) {
 
     // A failed signup (first, while "User" is empty): the seed's failure class, then
     // the schema fixed.
-    let (broken, fixed) = match backend {
-        Backend::Postgres => (
-            r#"ALTER TABLE "User" ADD COLUMN "plan" text NOT NULL"#.to_owned(),
-            r#"ALTER TABLE "User" ALTER COLUMN "plan" SET DEFAULT 'free'"#.to_owned(),
-        ),
-        Backend::Sqlite => (
-            sqlite_user_table_with("lastName", r#""lastName" TEXT, "plan" TEXT NOT NULL"#),
-            sqlite_user_table_with(
-                "lastName",
-                r#""lastName" TEXT, "plan" TEXT NOT NULL DEFAULT 'free'"#,
-            ),
-        ),
-    };
+    let (broken, fixed) = not_null_plan_column(backend);
     db.exec(&broken).await;
     let (s, _) = status_json(
         app.post_webhook("msg_b_failed", &created_for("browser_failed"))

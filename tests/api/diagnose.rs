@@ -198,6 +198,24 @@ pub(crate) async fn break_and_repair(
     db
 }
 
+/// The seed's failure class on an empty "User": another writer adds a NOT NULL column
+/// without a default (`plan`); then the fix, a default. (SQL to break, SQL to fix.)
+pub(crate) fn not_null_plan_column(backend: Backend) -> (String, String) {
+    match backend {
+        Backend::Postgres => (
+            r#"ALTER TABLE "User" ADD COLUMN "plan" text NOT NULL"#.to_owned(),
+            r#"ALTER TABLE "User" ALTER COLUMN "plan" SET DEFAULT 'free'"#.to_owned(),
+        ),
+        Backend::Sqlite => (
+            sqlite_user_table_with("lastName", r#""lastName" TEXT, "plan" TEXT NOT NULL"#),
+            sqlite_user_table_with(
+                "lastName",
+                r#""lastName" TEXT, "plan" TEXT NOT NULL DEFAULT 'free'"#,
+            ),
+        ),
+    }
+}
+
 /// The contract's SQLite "User" table with one column declaration replaced, rebuilt in
 /// place with its rows.
 pub(crate) fn sqlite_user_table_with(column: &str, declaration: &str) -> String {

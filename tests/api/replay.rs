@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::both_backends;
-use crate::diagnose::{clerk_sync, sqlite_user_table_with};
+use crate::diagnose::{clerk_sync, not_null_plan_column};
 use crate::helpers::*;
 
 both_backends!(failed_signups_are_replayed_once_the_schema_is_fixed);
@@ -13,19 +13,7 @@ async fn failed_signups_are_replayed_once_the_schema_is_fixed(backend: Backend) 
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn(&db).await;
     // The seed's failure class: another writer adds a NOT NULL column without a default.
-    let (broken, fixed) = match backend {
-        Backend::Postgres => (
-            r#"ALTER TABLE "User" ADD COLUMN "plan" text NOT NULL"#.to_owned(),
-            r#"ALTER TABLE "User" ALTER COLUMN "plan" SET DEFAULT 'free'"#.to_owned(),
-        ),
-        Backend::Sqlite => (
-            sqlite_user_table_with("lastName", r#""lastName" TEXT, "plan" TEXT NOT NULL"#),
-            sqlite_user_table_with(
-                "lastName",
-                r#""lastName" TEXT, "plan" TEXT NOT NULL DEFAULT 'free'"#,
-            ),
-        ),
-    };
+    let (broken, fixed) = not_null_plan_column(backend);
     db.exec(&broken).await;
 
     for (msg, name) in [("msg_r1", "ada"), ("msg_r2", "bob")] {

@@ -95,7 +95,10 @@ pub async fn events(
         select(
             "status",
             "Status",
-            &["processed", "failed", "ignored", "processing"],
+            &<crate::signup::EventStatus as crate::store::TextEnum>::ALL
+                .iter()
+                .map(|s| crate::store::TextEnum::as_str(*s))
+                .collect::<Vec<_>>(),
             filter.status.as_deref()
         ),
         esc(filter.clerk_id.as_deref().unwrap_or("")),
