@@ -123,10 +123,27 @@ pub enum Command {
     /// Exit 0 when the server on HOST:PORT answers `/healthz` (or `/readyz` with
     /// --ready) within 3 s, 1 otherwise: a container's HEALTHCHECK, with no curl needed.
     Healthcheck(HealthcheckArgs),
+    /// A TCP proxy delaying each direction by --delay-ms: a network between the service
+    /// and its database, for bench/compare.
+    #[command(hide = true)]
+    DelayProxy(DelayProxyArgs),
     /// Print a shell completion script: `clerk-sync completions bash > \
     /// ~/.local/share/bash-completion/completions/clerk-sync` (zsh: a file `_clerk-sync` in
     /// a directory of $fpath; fish: ~/.config/fish/completions/clerk-sync.fish).
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DelayProxyArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub listen: std::net::SocketAddr,
+    /// Address every connection is forwarded to.
+    #[arg(long)]
+    pub upstream: std::net::SocketAddr,
+    /// Delay added to each direction, in milliseconds (a round trip gains twice this).
+    #[arg(long)]
+    pub delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

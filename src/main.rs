@@ -91,6 +91,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             });
             serve(Config::from_serve_args(&args)?, Some(observer)).await
         }
+        Command::DelayProxy(args) => {
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("listening on {}", args.listen))?;
+            eprintln!(
+                "delay-proxy: {} -> {}, +{} ms each way",
+                args.listen, args.upstream, args.delay_ms
+            );
+            clerk_sync::commands::bench::delay_proxy::run(
+                listener,
+                args.upstream,
+                Duration::from_millis(args.delay_ms),
+            )
+            .await?;
+            Ok(())
+        }
         Command::Healthcheck(args) => {
             let url = format!(
                 "{}/{}",

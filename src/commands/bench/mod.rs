@@ -27,6 +27,7 @@ pub use pgbench::{
     pgbench_consume_script, pgbench_consume_setup, pgbench_signup_script, PGBENCH_CONSUME_USERS,
 };
 
+pub mod delay_proxy;
 mod pgbench;
 mod verify;
 
