@@ -13,6 +13,7 @@ use super::extract::read_body;
 use super::{AppState, ErrorBody};
 use crate::metrics::{Metrics, WebhookLabels};
 use crate::signup::{self, Outcome};
+use crate::webhooks::clerk_event::{parse_envelope, EventType};
 use crate::webhooks::verify::SignatureHeaders;
 
 /// Clerk user events are a few KiB; Svix caps payloads far below this.
@@ -44,7 +45,7 @@ pub async fn clerk_webhook(
     body: Body,
 ) -> Result<Json<WebhookOutcome>, ApiError> {
     let started = Instant::now();
-    let mut seen = Peek::default();
+    let mut seen = Seen::default();
     let result = handle(&state, headers, body, &mut seen).await;
     account(&state, seen, &result, started);
     result
@@ -54,7 +55,7 @@ pub async fn clerk_webhook(
 /// tell the observer, if there is one.
 fn account(
     state: &AppState,
-    seen: Peek,
+    seen: Seen,
     result: &Result<Json<WebhookOutcome>, ApiError>,
     started: Instant,
 ) {
@@ -62,9 +63,7 @@ fn account(
         Metrics::count(&state.metrics.webhook_errors, e.code());
     }
     let labels = WebhookLabels {
-        event_type: seen.event_type.as_deref().map_or("none", |t| {
-            crate::webhooks::clerk_event::EventType::parse(t).label()
-        }),
+        event_type: seen.event_type.as_ref().map_or("none", EventType::label),
         outcome: match result {
             Ok(Json(o)) => o.status,
             Err(e) => e.code(),
@@ -84,8 +83,8 @@ fn account(
         .observe(seconds);
     if let Some(observe) = &state.observer {
         observe(WebhookSeen {
-            event_type: seen.event_type,
-            clerk_id: seen.data.and_then(|d| d.id),
+            event_type: seen.event_type.map(|t| t.as_str().to_owned()),
+            clerk_id: seen.clerk_id,
             outcome: match result {
                 Ok(Json(o)) => match (&o.action, &o.reason) {
                     (Some(action), _) => format!("{} {action}", o.status),
@@ -118,18 +117,12 @@ pub struct WebhookSeen {
 /// Called once per delivery, after its answer is decided.
 pub type WebhookObserver = std::sync::Arc<dyn Fn(WebhookSeen) + Send + Sync>;
 
-/// The event's type (a metric label) and Clerk id (for an observer), read from a body
-/// once its signature is verified.
-#[derive(Debug, Default, serde::Deserialize)]
-struct Peek {
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    data: Option<PeekData>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct PeekData {
-    id: Option<String>,
+/// What the handler learned of a verified body: its type, and (for an observer) its
+/// Clerk id; nothing for a request refused before that.
+#[derive(Debug, Default)]
+struct Seen {
+    event_type: Option<EventType>,
+    clerk_id: Option<String>,
 }
 
 /// What became of a verified webhook.
@@ -149,19 +142,27 @@ async fn handle(
     state: &AppState,
     headers: HeaderMap,
     body: Body,
-    seen: &mut Peek,
+    seen: &mut Seen,
 ) -> Result<Json<WebhookOutcome>, ApiError> {
     let signature = SignatureHeaders::from_headers(&headers)?;
     tracing::Span::current().record("svix_id", signature.msg_id().as_str());
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
     let hook = signature.verify(&state.webhook_secrets, bytes, (state.clock)())?;
-    // The type labels the latency histogram; the id is for an observer only.
-    *seen = serde_json::from_slice(hook.body()).unwrap_or_default();
-    let outcome = signup::handle(
+    // Parsed once, here: the type labels the latency histogram; the Clerk id is read for
+    // an observer only.
+    let envelope = parse_envelope(hook.body());
+    if let Ok(e) = &envelope {
+        seen.event_type = Some(e.event_type.clone());
+        if state.observer.is_some() {
+            seen.clerk_id = e.data["id"].as_str().map(str::to_owned);
+        }
+    }
+    let outcome = signup::handle_parsed(
         &state.store,
         &state.signup,
         state.signup_queue.as_ref(),
         &hook,
+        envelope,
     )
     .await?;
     Metrics::count(&state.metrics.webhook_events, outcome.status());

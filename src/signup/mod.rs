@@ -41,7 +41,9 @@ use crate::domain::{ClerkUserId, SvixMessageId};
 use crate::outbox::Job;
 use crate::store::{self, new_id, Store, StoreError, StoreTx, TextEnum};
 use crate::text_enum;
-use crate::webhooks::clerk_event::{parse_envelope, EventType, UserProfile};
+use crate::webhooks::clerk_event::{
+    parse_envelope, Envelope, EventType, PayloadError, UserProfile,
+};
 use crate::webhooks::VerifiedWebhook;
 
 use delete::delete_user;
@@ -167,16 +169,28 @@ fn storable_payload(hook: &VerifiedWebhook) -> Cow<'_, str> {
 }
 
 /// Handle one verified webhook within `TRANSACTION_TIMEOUT_MS`.
-#[instrument(name = "signup", skip_all, fields(event_type, clerk_user_id))]
 pub async fn handle(
     store: &Store,
     settings: &SignupSettings,
     queue: Option<&SignupQueue>,
     hook: &VerifiedWebhook,
 ) -> Result<Outcome, StoreError> {
+    handle_parsed(store, settings, queue, hook, parse_envelope(hook.body())).await
+}
+
+/// [`handle`], with the body already parsed by the caller (the HTTP handler reads the
+/// event's type for its metrics), so that it is parsed once.
+#[instrument(name = "signup", skip_all, fields(event_type, clerk_user_id))]
+pub async fn handle_parsed(
+    store: &Store,
+    settings: &SignupSettings,
+    queue: Option<&SignupQueue>,
+    hook: &VerifiedWebhook,
+    envelope: Result<Envelope, PayloadError>,
+) -> Result<Outcome, StoreError> {
     tokio::time::timeout(
         settings.transaction_timeout,
-        dispatch(store, settings, queue, hook),
+        dispatch(store, settings, queue, hook, envelope),
     )
     .await
     .map_err(|_| StoreError::Timeout(settings.transaction_timeout))?
@@ -187,9 +201,10 @@ async fn dispatch(
     settings: &SignupSettings,
     queue: Option<&SignupQueue>,
     hook: &VerifiedWebhook,
+    envelope: Result<Envelope, PayloadError>,
 ) -> Result<Outcome, StoreError> {
     let msg_id = hook.msg_id();
-    let envelope = match parse_envelope(hook.body()) {
+    let envelope = match envelope {
         Ok(parsed) => parsed,
         Err(e) => {
             let event = EventRow {
