@@ -205,10 +205,10 @@ WHERE "id" = $1 AND "status" = 'dead'"#,
 
 /// The user whose Clerk id or email address is `query` (exactly).
 pub async fn find_user(store: &Store, query: &str) -> Result<Option<UserCredits>, StoreError> {
-    const FIND: &str = r#"
-SELECT "id", "clerkId", "email", "firstName", "lastName", "photo",
-       "availableGenerations", "usedGenerations", "createdAt", "updatedAt"
-FROM "User" WHERE "clerkId" = $1 OR "email" = $1 LIMIT 1"#;
+    const FIND: &str = concat!(
+        crate::credits::select_user_credits!(),
+        r#"WHERE "clerkId" = $1 OR "email" = $1 LIMIT 1"#
+    );
     let user: Option<UserCredits> = with_pool!(store, |pool, p| {
         sqlx::query_as(FIND)
             .bind(query.trim())
@@ -216,10 +216,7 @@ FROM "User" WHERE "clerkId" = $1 OR "email" = $1 LIMIT 1"#;
             .fetch_optional(pool)
             .await?
     });
-    Ok(user.map(|mut u| {
-        u.balance = i64::from(u.available_generations) - i64::from(u.used_generations);
-        u
-    }))
+    Ok(user.map(UserCredits::with_balance))
 }
 
 #[cfg(test)]

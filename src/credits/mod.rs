@@ -152,10 +152,25 @@ struct Found {
     current: Option<i64>,
 }
 
-const FIND_USER: &str = r#"
-SELECT "id", "clerkId", "email", "firstName", "lastName", "photo",
+/// The `SELECT … FROM "User"` of a [`UserCredits`], for a `WHERE` to follow.
+macro_rules! select_user_credits {
+    () => {
+        r#"SELECT "id", "clerkId", "email", "firstName", "lastName", "photo",
        "availableGenerations", "usedGenerations", "createdAt", "updatedAt"
-FROM "User" WHERE "clerkId" = $1"#;
+FROM "User" "#
+    };
+}
+pub(crate) use select_user_credits;
+
+const FIND_USER: &str = concat!(select_user_credits!(), r#"WHERE "clerkId" = $1"#);
+
+impl UserCredits {
+    /// Fill in `balance`, which the row does not hold.
+    pub(crate) fn with_balance(mut self) -> Self {
+        self.balance = i64::from(self.available_generations) - i64::from(self.used_generations);
+        self
+    }
+}
 
 pub async fn find_user(
     store: &Store,
@@ -168,10 +183,7 @@ pub async fn find_user(
             .fetch_optional(pool)
             .await?
     });
-    Ok(user.map(|mut u| {
-        u.balance = i64::from(u.available_generations) - i64::from(u.used_generations);
-        u
-    }))
+    Ok(user.map(UserCredits::with_balance))
 }
 
 /// The user, provisioned from Clerk's Backend API when the first credits call arrives
