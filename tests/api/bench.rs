@@ -17,17 +17,12 @@ both_backends!(
 );
 
 fn bench_binary(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
-        .arg("bench")
-        .args(args)
-        .env_remove("CLERK_SYNC_API_KEYS")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    run_to_end(
+        std::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
+            .arg("bench")
+            .args(args)
+            .env_remove("CLERK_SYNC_API_KEYS")
+            .envs(env.iter().copied()),
     )
 }
 

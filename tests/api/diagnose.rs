@@ -18,15 +18,10 @@ both_backends!(
 );
 
 pub(crate) fn clerk_sync(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
-        .args(args)
-        .env_remove("DIRECT_URL")
-        .output()
-        .expect("run clerk-sync");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    run_to_end(
+        std::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
+            .args(args)
+            .env_remove("DIRECT_URL"),
     )
 }
 

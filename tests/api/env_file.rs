@@ -8,19 +8,14 @@ use crate::helpers::*;
 both_backends!(dot_env_names_the_database_and_the_environment_wins);
 
 fn migrate_in(dir: &std::path::Path, env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
-        .arg("migrate")
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("DIRECT_URL")
-        .env_remove("CLERK_SECRET_KEY")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    run_to_end(
+        std::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
+            .arg("migrate")
+            .current_dir(dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("DIRECT_URL")
+            .env_remove("CLERK_SECRET_KEY")
+            .envs(env.iter().copied()),
     )
 }
 

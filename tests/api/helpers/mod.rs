@@ -59,3 +59,13 @@ pub(crate) fn init() {
         }
     });
 }
+
+/// Run a command to its end: whether it succeeded, its stdout and its stderr.
+pub fn run_to_end(command: &mut std::process::Command) -> (bool, String, String) {
+    let out = command.output().expect("run the command");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
