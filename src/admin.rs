@@ -52,32 +52,41 @@ impl EventRow {
     }
 }
 
-const EVENT_COLUMNS: &str = r#""id", "eventId", "eventType", "status", "error", "clerkId", "createdAt", "processedAt",
-       CASE WHEN "payload" IS NULL THEN FALSE ELSE TRUE END AS "hasPayload""#;
+/// The columns of an [`EventRow`].
+macro_rules! event_columns {
+    () => {
+        r#""id", "eventId", "eventType", "status", "error", "clerkId", "createdAt", "processedAt",
+       CASE WHEN "payload" IS NULL THEN FALSE ELSE TRUE END AS "hasPayload""#
+    };
+}
+
+const EVENTS: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    r#" FROM "WebhookEvent"
+WHERE ($1 IS NULL OR "eventType" = $1) AND ($2 IS NULL OR "status" = $2)
+  AND ($3 IS NULL OR "clerkId" = $3) AND ($4 IS NULL OR "createdAt" >= $4)
+  AND ($5 IS NULL OR "createdAt" < $5 OR ("createdAt" = $5 AND "id" < $6))
+ORDER BY "createdAt" DESC, "id" DESC LIMIT $7"#
+);
+
+const EVENT: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    r#", "payload" FROM "WebhookEvent" WHERE "eventId" = $1"#
+);
 
 /// A page of events, newest first, and whether there are more.
 pub async fn events(
     store: &Store,
     filter: &EventFilter,
 ) -> Result<(Vec<EventRow>, bool), StoreError> {
-    let sql: &'static str = {
-        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        SQL.get_or_init(|| {
-            format!(
-                r#"SELECT {EVENT_COLUMNS} FROM "WebhookEvent"
-WHERE ($1 IS NULL OR "eventType" = $1) AND ($2 IS NULL OR "status" = $2)
-  AND ($3 IS NULL OR "clerkId" = $3) AND ($4 IS NULL OR "createdAt" >= $4)
-  AND ($5 IS NULL OR "createdAt" < $5 OR ("createdAt" = $5 AND "id" < $6))
-ORDER BY "createdAt" DESC, "id" DESC LIMIT $7"#
-            )
-        })
-    };
     let (before_at, before_id) = match &filter.before {
         Some((at, id)) => (Some(*at), Some(id.as_str())),
         None => (None, None),
     };
     let mut rows: Vec<EventRow> = with_pool!(store, |pool, p| {
-        sqlx::query_as(sql)
+        sqlx::query_as(EVENTS)
             .bind(filter.event_type.as_deref())
             .bind(filter.status.as_deref())
             .bind(filter.clerk_id.as_deref())
@@ -99,12 +108,6 @@ pub async fn event(
     store: &Store,
     svix_id: &str,
 ) -> Result<Option<(EventRow, Option<String>)>, StoreError> {
-    let sql: &'static str = {
-        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        SQL.get_or_init(|| {
-            format!(r#"SELECT {EVENT_COLUMNS}, "payload" FROM "WebhookEvent" WHERE "eventId" = $1"#)
-        })
-    };
     #[derive(sqlx::FromRow)]
     struct WithPayload {
         #[sqlx(flatten)]
@@ -112,7 +115,7 @@ pub async fn event(
         payload: Option<Json<Value>>,
     }
     let found: Option<WithPayload> = with_pool!(store, |pool, p| {
-        sqlx::query_as(sql)
+        sqlx::query_as(EVENT)
             .bind(svix_id)
             .persistent(p)
             .fetch_optional(pool)
