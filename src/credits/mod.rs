@@ -248,12 +248,7 @@ async fn apply(
     let run = async {
         let found = match store {
             Store::Postgres(pg) => postgres::apply(pg, clerk_id, m).await?,
-            Store::Sqlite(_) => {
-                let user = find_user(store, clerk_id)
-                    .await?
-                    .ok_or(Refusal::UnknownUser)?;
-                stepwise::apply(store, &user.id, m).await?
-            }
+            Store::Sqlite(lite) => stepwise::apply(lite, clerk_id, m).await?,
         };
         decide(m, found)
     };

@@ -1,11 +1,12 @@
-//! A movement one statement at a time, in a transaction: SQLite.
+//! A movement one statement at a time, in a transaction: SQLite, on its writer's thread
+//! ([`crate::store::SqliteWriter`]).
 
 use std::sync::LazyLock;
 
 use super::*;
+use crate::store::sqlite_writer::{bind, sqlite_time};
 use crate::store::tables::TRANSACTION;
-use crate::store::{self, new_id};
-use crate::with_tx;
+use crate::store::{self, new_id, SqliteStore, Step};
 
 impl Change {
     /// The first statement: the ledger row, written only when the user can move and the
@@ -57,63 +58,110 @@ FROM "Transaction" WHERE "userId" = $1 AND "idempotencyKey" = $2"#;
 const BALANCE: &str = r#"
 SELECT CAST("availableGenerations" - "usedGenerations" AS BIGINT) FROM "User" WHERE "id" = $1"#;
 
+const USER_ID: &str = r#"SELECT "id" FROM "User" WHERE "clerkId" = $1"#;
+
+/// The movement as one request to SQLite's writer, which commits it with every other
+/// request waiting: the user's id, the ledger row, the user row; or, when nothing moved,
+/// what the answer needs (the row of this key written before, the balance).
 pub(super) async fn apply(
-    store: &Store,
-    user_id: &str,
+    lite: &SqliteStore,
+    clerk_id: &ClerkUserId,
     m: &MovementRequest<'_>,
 ) -> Result<Found, StoreError> {
-    let now = store::now();
     let statements = match m.change.ledger_type() {
         LedgerType::Debit => &DEBIT_STEPWISE,
         LedgerType::Credit => &CREDIT_STEPWISE,
     };
-    with_tx!(store, |tx, p| {
-        let inserted: Option<(String, i64)> = sqlx::query_as(statements.insert_movement.as_str())
-            .bind(user_id)
-            .bind(m.amount.get())
-            .bind(now)
-            .bind(new_id())
-            .bind(m.tracking())
-            .bind(m.change.ledger_type())
-            .bind(m.change.description())
-            .bind(m.change.reason())
-            .bind(m.key.as_str())
-            .persistent(p)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some((id, balance)) = inserted {
-            sqlx::query(statements.update_user.as_str())
-                .bind(user_id)
-                .bind(m.amount.get())
-                .bind(now)
-                .persistent(p)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            let balance = i32::try_from(balance).expect("a balance is an integer column");
-            return Ok(Found {
-                written: Some((id, balance)),
+    let clerk_id = clerk_id.as_str().to_owned();
+    let (amount, key, tracking) = (
+        m.amount.get(),
+        m.key.as_str().to_owned(),
+        m.tracking().to_owned(),
+    );
+    let (kind, description, reason) = (
+        m.change.ledger_type().as_str(),
+        m.change.description(),
+        m.change.reason().as_str(),
+    );
+    let now = sqlite_time(store::now());
+    let row_id = new_id();
+    lite.writer
+        .write(move |conn| {
+            let nothing = Found {
+                written: None,
                 earlier: None,
                 current: None,
-            });
-        }
-        // Nothing to commit: either the key was used before, or the user cannot move.
-        let earlier: Option<EarlierRow> = sqlx::query_as(FIND_EARLIER)
-            .bind(user_id)
-            .bind(m.key.as_str())
-            .persistent(p)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let current: Option<i64> = sqlx::query_scalar(BALANCE)
-            .bind(user_id)
-            .persistent(p)
-            .fetch_optional(&mut *tx)
-            .await?;
-        tx.rollback().await?;
-        Ok(Found {
-            written: None,
-            earlier,
-            current,
+            };
+            let Some(user_id): Option<String> = bind(conn, USER_ID, &[&clerk_id])?
+                .raw_query()
+                .next()?
+                .map(|row| row.get(0))
+                .transpose()?
+            else {
+                return Ok(Step::Rollback(nothing));
+            };
+            let inserted: Option<(String, i64)> = bind(
+                conn,
+                statements.insert_movement.as_str(),
+                &[
+                    &user_id,
+                    &amount,
+                    &now,
+                    &row_id,
+                    &tracking,
+                    &kind,
+                    &description,
+                    &reason,
+                    &key,
+                ],
+            )?
+            .raw_query()
+            .next()?
+            .map(|row| Ok::<_, rusqlite::Error>((row.get(0)?, row.get(1)?)))
+            .transpose()?;
+            if let Some((id, balance)) = inserted {
+                bind(
+                    conn,
+                    statements.update_user.as_str(),
+                    &[&user_id, &amount, &now],
+                )?
+                .raw_execute()?;
+                let balance = i32::try_from(balance).expect("a balance is an integer column");
+                return Ok(Step::Commit(Found {
+                    written: Some((id, balance)),
+                    ..nothing
+                }));
+            }
+            // Nothing moved: either the key was used before, or the user cannot move.
+            let earlier = bind(conn, FIND_EARLIER, &[&user_id, &key])?
+                .raw_query()
+                .next()?
+                .map(|row| {
+                    Ok::<_, rusqlite::Error>(EarlierRow {
+                        id: row.get(0)?,
+                        kind: row
+                            .get::<_, Option<String>>(1)?
+                            .as_deref()
+                            .and_then(LedgerType::parse),
+                        reason: row
+                            .get::<_, Option<String>>(2)?
+                            .as_deref()
+                            .and_then(LedgerReason::parse),
+                        amount: row.get(3)?,
+                        balance_after: row.get(4)?,
+                    })
+                })
+                .transpose()?;
+            let current: Option<i64> = bind(conn, BALANCE, &[&user_id])?
+                .raw_query()
+                .next()?
+                .map(|row| row.get(0))
+                .transpose()?;
+            Ok(Step::Rollback(Found {
+                written: None,
+                earlier,
+                current,
+            }))
         })
-    })
+        .await
 }

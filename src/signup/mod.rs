@@ -21,8 +21,9 @@
 //! round trip per webhook (`upsert_user_postgres`). Webhooks that arrive while one runs
 //! wait in the [`SignupQueue`] and then share one statement, one round trip and one
 //! commit. SQLite, which has no data-modifying CTEs and no network, runs the same steps
-//! one statement at a time inside a transaction (`upsert_user_stepwise`), as does lazy
-//! provisioning, which writes no event.
+//! one statement at a time, on its writer's thread, where every webhook waiting shares one
+//! commit (`sqlite.rs`); lazy provisioning, which writes no event, and `diagnose`'s
+//! rehearsal run them in a transaction of their own (`upsert_user_stepwise`).
 //!
 //! `user.deleted` deletes the user row (ledger rows stay), erases the stored payloads of
 //! that user's events (they hold the email address) and tombstones the Clerk id so a
@@ -51,6 +52,7 @@ pub use delete::forget;
 use postgres::upsert_user_postgres;
 pub use postgres::{new_user_statements_postgres, PG_SIGNUP_ARRAY_PARAMS};
 pub use queue::SignupQueue;
+use sqlite::upsert_user_sqlite;
 use statements::*;
 pub(crate) use statements::{insert_probe_user, INSERT_USER, UPDATE_USER};
 use stepwise::upsert_user_stepwise;
@@ -58,6 +60,7 @@ use stepwise::upsert_user_stepwise;
 mod delete;
 mod postgres;
 mod queue;
+mod sqlite;
 mod statements;
 mod stepwise;
 
@@ -307,8 +310,9 @@ async fn upsert_user(
 /// that arrived before the webhook): everything else is the same transaction.
 ///
 /// PostgreSQL runs a webhook's transaction as one statement ([`PG_SIGNUP`]) in
-/// autocommit; SQLite, and lazy provisioning on either backend, run the same steps one
-/// statement at a time in a transaction opened and ended here.
+/// autocommit; SQLite runs it on its writer's thread, committed with the others waiting
+/// (`sqlite.rs`); lazy provisioning, on either backend, runs the same steps one statement
+/// at a time in a transaction opened and ended here.
 async fn upsert_user_tx(
     store: &Store,
     settings: &SignupSettings,
@@ -316,8 +320,14 @@ async fn upsert_user_tx(
     event: Option<&EventRow<'_>>,
     profile: &UserProfile,
 ) -> Result<UpsertResult, StoreError> {
-    if let (Store::Postgres(pg), Some(event)) = (store, event) {
-        return upsert_user_postgres(pg, settings.signup_credits, queue, event, profile).await;
+    match (store, event) {
+        (Store::Postgres(pg), Some(event)) => {
+            return upsert_user_postgres(pg, settings.signup_credits, queue, event, profile).await
+        }
+        (Store::Sqlite(lite), Some(event)) => {
+            return upsert_user_sqlite(lite, settings.signup_credits, event, profile).await
+        }
+        (_, None) => {}
     }
     let mut tx = store.begin().await?;
     let result = upsert_user_stepwise(&mut tx, settings.signup_credits, event, profile).await?;

@@ -76,7 +76,7 @@ impl SignupQueue {
         // The sender is dropped unanswered only if the queue's task panicked.
         answer
             .await
-            .map_err(|_| StoreError::Unavailable(sqlx::Error::WorkerCrashed))?
+            .map_err(|_| StoreError::Unavailable(Box::new(sqlx::Error::WorkerCrashed)))?
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {

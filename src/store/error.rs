@@ -5,11 +5,15 @@ use std::time::Duration;
 
 use sqlx::error::ErrorKind;
 
+/// The underlying driver's error: sqlx's, or rusqlite's for SQLite's writer
+/// ([`super::sqlite_writer`]).
+pub type DriverError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is overloaded; a retry may succeed (HTTP 503).
     #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] DriverError),
     /// The transaction did not finish within `TRANSACTION_TIMEOUT_MS` (HTTP 503).
     #[error("database transaction timed out after {0:?}")]
     Timeout(Duration),
@@ -23,7 +27,7 @@ pub enum StoreError {
     #[error("{0}")]
     Layout(String),
     #[error("database error")]
-    Other(#[source] sqlx::Error),
+    Other(#[source] DriverError),
 }
 
 impl StoreError {
@@ -107,7 +111,7 @@ pub fn connection_lost(e: &sqlx::Error) -> bool {
 
 /// SQLite primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6); extended codes
 /// keep the primary code in the low byte.
-fn sqlite_code_is_transient(code: &str) -> bool {
+pub(super) fn sqlite_code_is_transient(code: &str) -> bool {
     code.parse::<i64>()
         .map(|c| matches!(c & 0xff, 5 | 6))
         .unwrap_or(false)
@@ -157,11 +161,11 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed => Self::Unavailable(e),
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(Box::new(e)),
             sqlx::Error::Database(db) => {
                 if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                     if pg_code_is_transient(pg.code()) {
-                        return Self::Unavailable(e);
+                        return Self::Unavailable(Box::new(e));
                     }
                     if let Some(kind) = constraint_kind(db.kind()) {
                         let table = pg.table().map(str::to_owned);
@@ -176,7 +180,7 @@ impl From<sqlx::Error> for StoreError {
                     }
                 } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
                     if db.code().is_some_and(|c| sqlite_code_is_transient(&c)) {
-                        return Self::Unavailable(e);
+                        return Self::Unavailable(Box::new(e));
                     }
                     if let Some(kind) = constraint_kind(db.kind()) {
                         let (table, target) = sqlite_target(db.message());
@@ -189,11 +193,33 @@ impl From<sqlx::Error> for StoreError {
                         });
                     }
                 }
-                Self::Other(e)
+                Self::Other(Box::new(e))
             }
-            _ => Self::Other(e),
+            _ => Self::Other(Box::new(e)),
         }
     }
+}
+
+/// A constraint failure from SQLite's extended result code and message (rusqlite).
+pub(super) fn sqlite_constraint(
+    extended_code: i32,
+    message: Option<&str>,
+) -> Option<ConstraintViolation> {
+    let kind = match extended_code {
+        1299 => ConstraintKind::NotNull,       // SQLITE_CONSTRAINT_NOTNULL
+        2067 | 1555 => ConstraintKind::Unique, // _UNIQUE, _PRIMARYKEY
+        787 => ConstraintKind::ForeignKey,     // _FOREIGNKEY
+        275 => ConstraintKind::Check,          // _CHECK
+        _ => return None,
+    };
+    let (table, target) = sqlite_target(message.unwrap_or_default());
+    let hint = hint_for(kind, table.as_deref(), target.as_deref());
+    Some(ConstraintViolation {
+        kind,
+        table,
+        target,
+        hint,
+    })
 }
 
 fn constraint_kind(kind: ErrorKind) -> Option<ConstraintKind> {

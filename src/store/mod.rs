@@ -7,6 +7,7 @@
 pub mod connect;
 mod error;
 pub mod migrations;
+pub mod sqlite_writer;
 pub mod tables;
 mod text_enum;
 mod url;
@@ -18,8 +19,9 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
-pub use error::{connection_lost, ConstraintKind, ConstraintViolation, StoreError};
+pub use error::{connection_lost, ConstraintKind, ConstraintViolation, DriverError, StoreError};
 pub use migrations::{RevertPlan, OWN_SCHEMA};
+pub use sqlite_writer::{SqliteWriter, Step};
 pub use text_enum::TextEnum;
 pub use url::DatabaseUrl;
 
@@ -90,6 +92,8 @@ pub struct PgStore {
 pub struct SqliteStore {
     pub pool: SqlitePool,
     pub waits: PoolWaits,
+    /// The signup and credits transactions, group-committed on a thread of their own.
+    pub writer: SqliteWriter,
 }
 
 /// Statements that found every connection of the pool busy (none idle, the pool at its
@@ -294,7 +298,7 @@ impl Store {
             DatabaseUrl::Sqlite { options, path } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)
-                        .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+                        .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
                 }
                 // A local file: a connection cannot be dropped under us, so no ping.
                 let pool = SqlitePoolOptions::new()
@@ -303,9 +307,12 @@ impl Store {
                     .test_before_acquire(false)
                     .connect_with(options.clone())
                     .await?;
+                // After the pool: it created the file and set WAL.
+                let writer = SqliteWriter::start(path)?;
                 Ok(Self::Sqlite(SqliteStore {
                     pool,
                     waits: PoolWaits::default(),
+                    writer,
                 }))
             }
         }
