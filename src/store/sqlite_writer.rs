@@ -14,7 +14,7 @@
 //! connection of the pool). Reads, and the rarer writes, stay on the sqlx pool.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Weak};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, ToSql};
@@ -52,22 +52,20 @@ impl SqliteWriter {
     /// Open the writer's connection (the file must exist, as after `Store::connect`) and
     /// start its thread.
     pub fn start(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
-        )?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-        )?;
+        let conn = open(path)?;
+        // Its commits never stop to copy the WAL back into the database: the checkpointer
+        // thread does that beside it.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
         conn.set_prepared_statement_cache_capacity(64);
+        let checkpoints = open(path)?;
         let (jobs, queue) = mpsc::channel::<Work>();
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || run(conn, queue))
-            .map_err(|e| StoreError::Unavailable(Box::new(e)))?;
+        let alive = Arc::new(());
+        let watch = Arc::downgrade(&alive);
+        spawn("sqlite-writer", move || {
+            run(conn, queue);
+            drop(alive);
+        })?;
+        spawn("sqlite-checkpoint", move || checkpoint(checkpoints, watch))?;
         Ok(Self { jobs })
     }
 
@@ -112,6 +110,49 @@ impl SqliteWriter {
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
+    }
+}
+
+/// A connection as every connection of the pool is set up (`DatabaseUrl::parse_sqlite`).
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map(drop)
+        .map_err(|e| StoreError::Unavailable(Box::new(e)))
+}
+
+/// How often the checkpointer copies committed WAL frames into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// The checkpointer thread, until the writer's thread ends: a `PASSIVE` checkpoint (it
+/// waits for no one and no one waits for it) every [`CHECKPOINT_EVERY`], so that the WAL
+/// stays short without a commit of the writer's doing the copying, which held up every
+/// request of its batch (SQLite's default: the commit that takes the WAL past 1,000
+/// pages checkpoints).
+fn checkpoint(conn: Connection, writer: Weak<()>) {
+    loop {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if writer.upgrade().is_none() {
+            return;
+        }
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error.message = %e, "SQLite checkpoint failed; the next one tries again");
+        }
     }
 }
 
@@ -279,5 +320,42 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(kept, (0..60).step_by(3).collect::<Vec<i64>>());
+    }
+
+    /// The writer's commits do not checkpoint; the checkpointer thread copies the WAL
+    /// into the database file while the writer goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn committed_pages_reach_the_database_file_without_a_checkpointing_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let setup = Connection::open(&path).unwrap();
+        setup
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE b (v BLOB NOT NULL)")
+            .unwrap();
+        drop(setup);
+        let before = std::fs::metadata(&path).unwrap().len();
+        let writer = SqliteWriter::start(&path).unwrap();
+        for _ in 0..200 {
+            writer
+                .write(|conn| {
+                    bind(conn, "INSERT INTO b (v) VALUES (zeroblob(10000))", &[])?.raw_execute()?;
+                    Ok(Step::Commit(()))
+                })
+                .await
+                .unwrap();
+        }
+        // 2 MB committed; wait for the checkpointer's next rounds.
+        let mut grown = 0;
+        for _ in 0..40 {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+            grown = std::fs::metadata(&path).unwrap().len() - before;
+            if grown >= 2_000_000 {
+                break;
+            }
+        }
+        assert!(
+            grown >= 2_000_000,
+            "the database file grew by {grown} bytes only"
+        );
     }
 }
