@@ -30,7 +30,7 @@ const MAX_BATCH: usize = 64;
 pub enum Step<T> {
     /// Keep them: the answer is sent once the batch commits.
     Commit(T),
-    /// Roll them back (a refusal); the answer does not wait for the commit.
+    /// Roll them back (a refusal); the answer does not depend on the batch's commit.
     Rollback(T),
 }
 
@@ -162,7 +162,10 @@ fn in_savepoint<T>(
     work: impl FnOnce(&Connection) -> Result<Step<T>, StoreError>,
 ) -> Result<(bool, T), StoreError> {
     conn.execute_batch("SAVEPOINT request")?;
-    let outcome = work(conn);
+    // A request that panics is rolled back and answered with an error; the thread, and
+    // every other request of the batch, go on.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+        .unwrap_or_else(|_| Err(StoreError::Other("the SQLite write panicked".into())));
     let keep = matches!(outcome, Ok(Step::Commit(_)));
     let end = if keep {
         "RELEASE request"
@@ -320,6 +323,37 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(kept, (0..60).step_by(3).collect::<Vec<i64>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_panics_writes_nothing_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .unwrap();
+        let writer = SqliteWriter::start(&path).unwrap();
+        let insert = |i: i64, panics: bool| {
+            writer.write(move |conn| {
+                bind(conn, "INSERT INTO t (id) VALUES ($1)", &[&i])?.raw_execute()?;
+                assert!(!panics, "request {i} panics after its insert");
+                Ok(Step::Commit(i))
+            })
+        };
+        let (a, b, c) = tokio::join!(insert(1, false), insert(2, true), insert(3, false));
+        assert_eq!((a.unwrap(), c.unwrap()), (1, 3));
+        assert!(matches!(b, Err(StoreError::Other(_))), "{b:?}");
+        assert_eq!(insert(4, false).await.unwrap(), 4);
+        let kept: Vec<i64> = Connection::open(&path)
+            .unwrap()
+            .prepare("SELECT id FROM t ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kept, [1, 3, 4]);
     }
 
     /// The writer's commits do not checkpoint; the checkpointer thread copies the WAL
