@@ -258,6 +258,30 @@ mod tests {
     use super::*;
     use crate::store::ConstraintKind;
 
+    /// A writer on a new database file holding `table`.
+    fn writer_on(table: &str) -> (tempfile::TempDir, std::path::PathBuf, SqliteWriter) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(table)
+            .unwrap();
+        let writer = SqliteWriter::start(&path).unwrap();
+        (dir, path, writer)
+    }
+
+    /// The ids in table `t`, read by a connection of the test's own.
+    fn ids_in_t(path: &Path) -> Vec<i64> {
+        Connection::open(path)
+            .unwrap()
+            .prepare("SELECT id FROM t ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     #[test]
     fn dollar_parameters_bind_by_their_number_not_their_place() {
         let conn = Connection::open_in_memory().unwrap();
@@ -275,13 +299,8 @@ mod tests {
     /// Requests sent together share a batch; each keeps, rolls back or fails on its own.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_request_of_a_batch_commits_rolls_back_or_fails_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.db");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
-            .unwrap();
-        let writer = SqliteWriter::start(&path).unwrap();
+        let (_dir, path, writer) =
+            writer_on("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)");
         let requests = (0..60i64).map(|i| {
             let writer = writer.clone();
             tokio::spawn(async move {
@@ -314,26 +333,13 @@ mod tests {
                 },
             }
         }
-        let kept: Vec<i64> = Connection::open(&path)
-            .unwrap()
-            .prepare("SELECT id FROM t ORDER BY id")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let kept: Vec<i64> = ids_in_t(&path);
         assert_eq!(kept, (0..60).step_by(3).collect::<Vec<i64>>());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_that_panics_writes_nothing_and_the_writer_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.db");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-            .unwrap();
-        let writer = SqliteWriter::start(&path).unwrap();
+        let (_dir, path, writer) = writer_on("CREATE TABLE t (id INTEGER PRIMARY KEY)");
         let insert = |i: i64, panics: bool| {
             writer.write(move |conn| {
                 bind(conn, "INSERT INTO t (id) VALUES ($1)", &[&i])?.raw_execute()?;
@@ -345,14 +351,7 @@ mod tests {
         assert_eq!((a.unwrap(), c.unwrap()), (1, 3));
         assert!(matches!(b, Err(StoreError::Other(_))), "{b:?}");
         assert_eq!(insert(4, false).await.unwrap(), 4);
-        let kept: Vec<i64> = Connection::open(&path)
-            .unwrap()
-            .prepare("SELECT id FROM t ORDER BY id")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let kept: Vec<i64> = ids_in_t(&path);
         assert_eq!(kept, [1, 3, 4]);
     }
 
