@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use super::*;
-use crate::store::sqlite_writer::{bind, sqlite_time};
+use crate::store::sqlite_writer::{bind, first, first_row, sqlite_time};
 use crate::store::tables::TRANSACTION;
 use crate::store::{self, new_id, SqliteStore, Step};
 
@@ -92,15 +92,10 @@ pub(super) async fn apply(
                 earlier: None,
                 current: None,
             };
-            let Some(user_id): Option<String> = bind(conn, USER_ID, &[&clerk_id])?
-                .raw_query()
-                .next()?
-                .map(|row| row.get(0))
-                .transpose()?
-            else {
+            let Some(user_id): Option<String> = first(conn, USER_ID, &[&clerk_id])? else {
                 return Ok(Step::Rollback(nothing));
             };
-            let inserted: Option<(String, i64)> = bind(
+            let inserted: Option<(String, i64)> = first_row(
                 conn,
                 statements.insert_movement.as_str(),
                 &[
@@ -114,11 +109,8 @@ pub(super) async fn apply(
                     &reason,
                     &key,
                 ],
-            )?
-            .raw_query()
-            .next()?
-            .map(|row| Ok::<_, rusqlite::Error>((row.get(0)?, row.get(1)?)))
-            .transpose()?;
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
             if let Some((id, balance)) = inserted {
                 bind(
                     conn,
@@ -133,30 +125,22 @@ pub(super) async fn apply(
                 }));
             }
             // Nothing moved: either the key was used before, or the user cannot move.
-            let earlier = bind(conn, FIND_EARLIER, &[&user_id, &key])?
-                .raw_query()
-                .next()?
-                .map(|row| {
-                    Ok::<_, rusqlite::Error>(EarlierRow {
-                        id: row.get(0)?,
-                        kind: row
-                            .get::<_, Option<String>>(1)?
-                            .as_deref()
-                            .and_then(LedgerType::parse),
-                        reason: row
-                            .get::<_, Option<String>>(2)?
-                            .as_deref()
-                            .and_then(LedgerReason::parse),
-                        amount: row.get(3)?,
-                        balance_after: row.get(4)?,
-                    })
+            let earlier = first_row(conn, FIND_EARLIER, &[&user_id, &key], |row| {
+                Ok(EarlierRow {
+                    id: row.get(0)?,
+                    kind: row
+                        .get::<_, Option<String>>(1)?
+                        .as_deref()
+                        .and_then(LedgerType::parse),
+                    reason: row
+                        .get::<_, Option<String>>(2)?
+                        .as_deref()
+                        .and_then(LedgerReason::parse),
+                    amount: row.get(3)?,
+                    balance_after: row.get(4)?,
                 })
-                .transpose()?;
-            let current: Option<i64> = bind(conn, BALANCE, &[&user_id])?
-                .raw_query()
-                .next()?
-                .map(|row| row.get(0))
-                .transpose()?;
+            })?;
+            let current: Option<i64> = first(conn, BALANCE, &[&user_id])?;
             Ok(Step::Rollback(Found {
                 written: None,
                 earlier,

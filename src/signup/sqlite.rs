@@ -7,7 +7,7 @@
 use rusqlite::Connection;
 
 use super::*;
-use crate::store::sqlite_writer::{bind, sqlite_time};
+use crate::store::sqlite_writer::{bind, first, sqlite_time};
 use crate::store::{SqliteStore, Step};
 
 /// What the writer's thread needs of the webhook, owned.
@@ -16,12 +16,7 @@ struct Request {
     msg_id: String,
     event_type: String,
     payload: Option<String>,
-    clerk_id: String,
-    email: String,
-    photo: String,
-    first_name: Option<String>,
-    last_name: Option<String>,
-    clerk_updated_at: i64,
+    profile: UserProfile,
     signup_credits: i32,
     now: String,
 }
@@ -37,26 +32,25 @@ pub(super) async fn upsert_user_sqlite(
         msg_id: event.msg_id.as_str().to_owned(),
         event_type: event.event_type.to_owned(),
         payload: event.payload.map(str::to_owned),
-        clerk_id: profile.clerk_id.as_str().to_owned(),
-        email: profile.email.as_str().to_owned(),
-        photo: profile.photo.clone(),
-        first_name: profile.first_name.clone(),
-        last_name: profile.last_name.clone(),
-        clerk_updated_at: profile.clerk_updated_at,
+        profile: profile.clone(),
         signup_credits,
         now: sqlite_time(store::now()),
     };
     let result = lite.writer.write(move |conn| run(conn, &request)).await?;
-    if let UpsertResult::Done(Outcome::Processed(Action::Created)) = &result {
-        info!("user created");
+    // Logged here, in the webhook's span, not on the writer's thread.
+    match &result {
+        UpsertResult::Done(Outcome::Processed(Action::Created)) => info!("user created"),
+        UpsertResult::Done(Outcome::Ignored(reason)) => info!(reason, "event ignored"),
+        _ => {}
     }
     Ok(result)
 }
 
 fn run(conn: &Connection, r: &Request) -> Result<Step<UpsertResult>, StoreError> {
     let done = |outcome| Ok(Step::Commit(UpsertResult::Done(outcome)));
-    let processed = EventStatus::Processed;
-    let inserted: Option<String> = bind(
+    let p = &r.profile;
+    let clerk_id = p.clerk_id.as_str();
+    let inserted: Option<String> = first(
         conn,
         INSERT_EVENT.as_str(),
         &[
@@ -66,73 +60,53 @@ fn run(conn: &Connection, r: &Request) -> Result<Step<UpsertResult>, StoreError>
             &true,
             &r.now,
             &r.now,
-            &processed.as_str(),
+            &EventStatus::Processed.as_str(),
             &None::<String>,
             &r.payload,
-            &r.clerk_id,
+            &clerk_id,
         ],
-    )?
-    .raw_query()
-    .next()?
-    .map(|row| row.get(0))
-    .transpose()?;
+    )?;
     if inserted.is_none() {
         return done(Outcome::Duplicate);
     }
 
-    let taken: bool = bind(conn, EMAIL_OWNED_BY_OTHER, &[&r.email, &r.clerk_id])?
-        .raw_query()
-        .next()?
-        .expect("EXISTS returns one row")
-        .get(0)?;
-    if taken {
+    let taken: Option<bool> = first(conn, EMAIL_OWNED_BY_OTHER, &[&p.email.as_str(), &clerk_id])?;
+    if taken.expect("EXISTS returns one row") {
         return Ok(Step::Rollback(UpsertResult::Refused(
             EMAIL_TAKEN.to_owned(),
         )));
     }
 
-    let fresh = bind(
+    let fresh: Option<String> = first(
         conn,
         CLAIM_USER_SYNC.sqlite(),
-        &[&r.clerk_id, &r.clerk_updated_at],
-    )?
-    .raw_query()
-    .next()?
-    .is_some();
-    if !fresh {
-        let deleted: bool = bind(conn, USER_IS_DELETED.sqlite(), &[&r.clerk_id])?
-            .raw_query()
-            .next()?
-            .map(|row| row.get(0))
-            .transpose()?
-            .unwrap_or(false);
-        let reason = ignored_reason(deleted);
+        &[&clerk_id, &p.clerk_updated_at],
+    )?;
+    if fresh.is_none() {
+        let deleted: Option<bool> = first(conn, USER_IS_DELETED.sqlite(), &[&clerk_id])?;
+        let reason = ignored_reason(deleted.unwrap_or(false));
         bind(
             conn,
             MARK_EVENT_IGNORED,
             &[&r.event_id, &reason, &EventStatus::Ignored.as_str()],
         )?
         .raw_execute()?;
-        info!(reason, "event ignored");
         return done(Outcome::Ignored(reason.to_owned()));
     }
 
-    let updated = bind(
+    let updated: Option<String> = first(
         conn,
         UPDATE_USER,
         &[
-            &r.clerk_id,
-            &r.email,
-            &r.photo,
-            &r.first_name,
-            &r.last_name,
+            &clerk_id,
+            &p.email.as_str(),
+            &p.photo,
+            &p.first_name,
+            &p.last_name,
             &r.now,
         ],
-    )?
-    .raw_query()
-    .next()?
-    .is_some();
-    if updated {
+    )?;
+    if updated.is_some() {
         return done(Outcome::Processed(Action::Updated));
     }
     let user_id = new_id();
@@ -141,11 +115,11 @@ fn run(conn: &Connection, r: &Request) -> Result<Step<UpsertResult>, StoreError>
         INSERT_USER.as_str(),
         &[
             &user_id,
-            &r.clerk_id,
-            &r.email,
-            &r.photo,
-            &r.first_name,
-            &r.last_name,
+            &clerk_id,
+            &p.email.as_str(),
+            &p.photo,
+            &p.first_name,
+            &p.last_name,
             &r.signup_credits,
             &r.now,
         ],
@@ -157,18 +131,18 @@ fn run(conn: &Connection, r: &Request) -> Result<Step<UpsertResult>, StoreError>
             INSERT_SIGNUP_BONUS.as_str(),
             &[
                 &new_id(),
-                &r.clerk_id,
+                &clerk_id,
                 &user_id,
                 &r.signup_credits,
                 &r.msg_id,
-                &signup_key(&r.clerk_id),
+                &signup_key(clerk_id),
                 &r.now,
             ],
         )?
         .raw_execute()?;
     }
     let job = Job::UpdateClerkMetadata {
-        clerk_id: r.clerk_id.clone(),
+        clerk_id: clerk_id.to_owned(),
         user_id,
     };
     let job_json = serde_json::to_string(&job).expect("a job serializes");

@@ -55,6 +55,18 @@ pub enum ConstraintKind {
     Check,
 }
 
+impl ConstraintViolation {
+    fn new(kind: ConstraintKind, table: Option<String>, target: Option<String>) -> Self {
+        let hint = hint_for(kind, table.as_deref(), target.as_deref());
+        Self {
+            kind,
+            table,
+            target,
+            hint,
+        }
+    }
+}
+
 impl std::fmt::Display for ConstraintViolation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let what = match self.kind {
@@ -111,10 +123,8 @@ pub fn connection_lost(e: &sqlx::Error) -> bool {
 
 /// SQLite primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6); extended codes
 /// keep the primary code in the low byte.
-pub(super) fn sqlite_code_is_transient(code: &str) -> bool {
-    code.parse::<i64>()
-        .map(|c| matches!(c & 0xff, 5 | 6))
-        .unwrap_or(false)
+pub(super) fn sqlite_code_is_transient(code: i64) -> bool {
+    matches!(code & 0xff, 5 | 6)
 }
 
 fn hint_for(kind: ConstraintKind, table: Option<&str>, target: Option<&str>) -> &'static str {
@@ -168,29 +178,23 @@ impl From<sqlx::Error> for StoreError {
                         return Self::Unavailable(Box::new(e));
                     }
                     if let Some(kind) = constraint_kind(db.kind()) {
-                        let table = pg.table().map(str::to_owned);
-                        let target = pg.column().or(pg.constraint()).map(str::to_owned);
-                        let hint = hint_for(kind, table.as_deref(), target.as_deref());
-                        return Self::Constraint(ConstraintViolation {
+                        return Self::Constraint(ConstraintViolation::new(
                             kind,
-                            table,
-                            target,
-                            hint,
-                        });
+                            pg.table().map(str::to_owned),
+                            pg.column().or(pg.constraint()).map(str::to_owned),
+                        ));
                     }
                 } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-                    if db.code().is_some_and(|c| sqlite_code_is_transient(&c)) {
+                    if db
+                        .code()
+                        .and_then(|c| c.parse().ok())
+                        .is_some_and(sqlite_code_is_transient)
+                    {
                         return Self::Unavailable(Box::new(e));
                     }
                     if let Some(kind) = constraint_kind(db.kind()) {
                         let (table, target) = sqlite_target(db.message());
-                        let hint = hint_for(kind, table.as_deref(), target.as_deref());
-                        return Self::Constraint(ConstraintViolation {
-                            kind,
-                            table,
-                            target,
-                            hint,
-                        });
+                        return Self::Constraint(ConstraintViolation::new(kind, table, target));
                     }
                 }
                 Self::Other(Box::new(e))
@@ -213,13 +217,7 @@ pub(super) fn sqlite_constraint(
         _ => return None,
     };
     let (table, target) = sqlite_target(message.unwrap_or_default());
-    let hint = hint_for(kind, table.as_deref(), target.as_deref());
-    Some(ConstraintViolation {
-        kind,
-        table,
-        target,
-        hint,
-    })
+    Some(ConstraintViolation::new(kind, table, target))
 }
 
 fn constraint_kind(kind: ErrorKind) -> Option<ConstraintKind> {
@@ -241,10 +239,10 @@ mod tests {
         assert!(pg_code_is_transient("08006"));
         assert!(pg_code_is_transient("57P01"));
         assert!(!pg_code_is_transient("23502"));
-        assert!(sqlite_code_is_transient("5"));
-        assert!(sqlite_code_is_transient("517"));
-        assert!(sqlite_code_is_transient("6"));
-        assert!(!sqlite_code_is_transient("1299"));
+        assert!(sqlite_code_is_transient(5));
+        assert!(sqlite_code_is_transient(517));
+        assert!(sqlite_code_is_transient(6));
+        assert!(!sqlite_code_is_transient(1299));
     }
 
     #[test]

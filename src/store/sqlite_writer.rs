@@ -228,21 +228,51 @@ pub fn bind<'c>(
     sql: &str,
     params: &[&dyn ToSql],
 ) -> Result<rusqlite::CachedStatement<'c>, StoreError> {
+    assert!(
+        params.len() <= PARAMETERS.len(),
+        "more parameters than names"
+    );
     let mut stmt = conn.prepare_cached(sql)?;
-    for (i, value) in params.iter().enumerate() {
-        let name = format!("${}", i + 1);
-        if let Some(index) = stmt.parameter_index(&name)? {
+    for (name, value) in PARAMETERS.iter().zip(params) {
+        if let Some(index) = stmt.parameter_index(name)? {
             stmt.raw_bind_parameter(index, value)?;
         }
     }
     Ok(stmt)
 }
 
+/// The names [`bind`] binds, without building them per statement.
+const PARAMETERS: [&str; 12] = [
+    "$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11", "$12",
+];
+
+/// The first row `sql` returns, read by `read`, if it returns one.
+pub fn first_row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn ToSql],
+    read: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, StoreError> {
+    Ok(bind(conn, sql, params)?
+        .raw_query()
+        .next()?
+        .map(read)
+        .transpose()?)
+}
+
+/// The first column of the first row `sql` returns, if it returns one.
+pub fn first<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn ToSql],
+) -> Result<Option<T>, StoreError> {
+    first_row(conn, sql, params, |row| row.get(0))
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         if let rusqlite::Error::SqliteFailure(failure, message) = &e {
-            let code = failure.extended_code.to_string();
-            if sqlite_code_is_transient(&code) {
+            if sqlite_code_is_transient(i64::from(failure.extended_code)) {
                 return Self::Unavailable(Box::new(e));
             }
             if let Some(violation) = sqlite_constraint(failure.extended_code, message.as_deref()) {
