@@ -67,6 +67,8 @@ pub struct Metrics {
     pub outbox_jobs: Family<OutcomeLabel, Counter>,
     /// The PostgreSQL signup queue: webhooks waiting, webhooks per statement.
     pub signup_queue: QueueMetrics,
+    /// The PostgreSQL credits queue: movements waiting, movements per statement.
+    pub credits_queue: QueueMetrics,
     /// HTTP connections open now.
     pub http_connections: Gauge,
     /// Clerk users seen by reconcile passes inside `serve`, by outcome.
@@ -121,17 +123,8 @@ impl Default for Metrics {
             "Outbox delivery attempts by outcome",
             outbox_jobs.clone(),
         );
-        let signup_queue = QueueMetrics::default();
-        registry.register(
-            "signup_queue_waiting",
-            "Signup webhooks waiting for a database statement (PostgreSQL)",
-            signup_queue.waiting.clone(),
-        );
-        registry.register(
-            "signup_batch_size",
-            "Signup webhooks per database statement (PostgreSQL)",
-            signup_queue.batch_size.clone(),
-        );
+        let signup_queue = QueueMetrics::registered(&mut registry, "signup", "Signup webhooks");
+        let credits_queue = QueueMetrics::registered(&mut registry, "credits", "Credit movements");
         let http_connections = Gauge::default();
         registry.register(
             "http_connections",
@@ -303,6 +296,7 @@ impl Default for Metrics {
             webhook_errors,
             outbox_jobs,
             signup_queue,
+            credits_queue,
             http_connections,
             reconciled_users,
             reconcile_passes,
@@ -388,6 +382,25 @@ pub struct QueueMetrics {
     pub waiting: Gauge,
     /// Webhooks per statement.
     pub batch_size: Histogram,
+}
+
+impl QueueMetrics {
+    /// A queue's metrics, registered as `{name}_queue_waiting` and `{name}_batch_size`;
+    /// `what` names its requests in the help texts.
+    fn registered(registry: &mut Registry, name: &str, what: &str) -> Self {
+        let queue = Self::default();
+        registry.register(
+            format!("{name}_queue_waiting"),
+            format!("{what} waiting for a database statement (PostgreSQL)"),
+            queue.waiting.clone(),
+        );
+        registry.register(
+            format!("{name}_batch_size"),
+            format!("{what} per database statement (PostgreSQL)"),
+            queue.batch_size.clone(),
+        );
+        queue
+    }
 }
 
 impl Default for QueueMetrics {

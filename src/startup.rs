@@ -10,12 +10,13 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::config::ServerSettings;
+use crate::credits::{CreditsQueue, MovementStatement};
 use crate::http::auth::ApiKeys;
 use crate::http::{router, server, system_clock, AppState, Clock};
 use crate::metrics::Metrics;
 use crate::outbox::worker::{self, WorkerSettings};
 use crate::outbox::ClerkClient;
-use crate::signup::{SignupQueue, SignupSettings};
+use crate::signup::{SignupQueue, SignupSettings, SignupStatement};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -143,17 +144,25 @@ impl Application {
         };
         let metrics = Arc::new(Metrics::default());
         metrics.set_build(store.backend_name());
-        let signup_queue = match &store {
-            Store::Postgres(pg) => {
-                Some(SignupQueue::new(pg, &signup, metrics.signup_queue.clone()))
-            }
-            Store::Sqlite(_) => None,
+        let (signup_queue, credits_queue) = match &store {
+            Store::Postgres(pg) => (
+                Some(SignupQueue::new(
+                    SignupStatement::new(pg, &signup),
+                    metrics.signup_queue.clone(),
+                )),
+                Some(CreditsQueue::new(
+                    MovementStatement::new(pg),
+                    metrics.credits_queue.clone(),
+                )),
+            ),
+            Store::Sqlite(_) => (None, None),
         };
         let state = AppState {
             store,
             webhook_secrets: config.webhook_secrets.clone().into(),
             signup,
             signup_queue,
+            credits_queue,
             outbox_wake: Arc::new(Notify::new()),
             clock: system_clock(),
             metrics,

@@ -5,7 +5,8 @@
 //! idempotency key (unique per user). A repeated key returns the first result; the same
 //! key with a different request is a conflict. On PostgreSQL the user lookup, the key
 //! check, the update and the ledger row are ONE statement (one round trip,
-//! `postgres.rs`); SQLite runs them one at a time (`stepwise.rs`). Both answer through
+//! `postgres.rs`), which movements waiting together share ([`CreditsQueue`]); SQLite runs
+//! them one at a time on its writer's thread (`stepwise.rs`). Both answer through
 //! [`decide`], from what they wrote or found. The ledger is read in `ledger.rs`.
 
 mod ledger;
@@ -26,7 +27,9 @@ use crate::webhooks::clerk_event::profile_from_user;
 use crate::with_pool;
 
 pub use ledger::{ledger_page, Cursor, LedgerEntry};
-pub use postgres::consume_statements_postgres;
+pub use postgres::{
+    consume_statements_postgres, CreditsQueue, MovementStatement, MOVEMENT_ARRAY_PARAMS,
+};
 
 /// What the credits use case answers: a refusal the caller can act on, or the store's
 /// error.
@@ -224,16 +227,17 @@ pub async fn resolve_user(
 #[instrument(skip_all, fields(clerk_user_id = %clerk_id, reason = movement.change.reason().as_str(), amount = movement.amount.get()))]
 pub async fn move_credits(
     store: &Store,
+    queue: Option<&CreditsQueue>,
     clerk: Option<&ClerkClient>,
     settings: &SignupSettings,
     clerk_id: &ClerkUserId,
     movement: &MovementRequest<'_>,
 ) -> Result<Movement, CreditsError> {
     let timeout = settings.transaction_timeout;
-    match apply(store, timeout, clerk_id, movement).await {
+    match apply(store, queue, timeout, clerk_id, movement).await {
         Err(CreditsError::Refused(Refusal::UnknownUser)) if clerk.is_some() => {
             resolve_user(store, clerk, settings, clerk_id).await?;
-            apply(store, timeout, clerk_id, movement).await
+            apply(store, queue, timeout, clerk_id, movement).await
         }
         result => result,
     }
@@ -241,13 +245,14 @@ pub async fn move_credits(
 
 async fn apply(
     store: &Store,
+    queue: Option<&CreditsQueue>,
     timeout: Duration,
     clerk_id: &ClerkUserId,
     m: &MovementRequest<'_>,
 ) -> Result<Movement, CreditsError> {
     let run = async {
         let found = match store {
-            Store::Postgres(pg) => postgres::apply(pg, clerk_id, m).await?,
+            Store::Postgres(pg) => postgres::apply(pg, queue, clerk_id, m).await?,
             Store::Sqlite(lite) => stepwise::apply(lite, clerk_id, m).await?,
         };
         decide(m, found)

@@ -103,6 +103,7 @@ async fn movement(
     };
     let m = credits::move_credits(
         &state.store,
+        state.credits_queue.as_ref(),
         state.clerk.as_ref(),
         &state.signup,
         &id,

@@ -36,6 +36,8 @@ pub struct AppState {
     pub signup: SignupSettings,
     /// Groups concurrent webhooks into one statement (PostgreSQL only).
     pub signup_queue: Option<SignupQueue>,
+    /// Groups concurrent credit movements into one statement (PostgreSQL only).
+    pub credits_queue: Option<crate::credits::CreditsQueue>,
     /// Wakes the outbox worker after a commit that queued a job.
     pub outbox_wake: Arc<Notify>,
     /// Unix seconds for the signature's timestamp check; fixed in tests of the ±5 minute rule.

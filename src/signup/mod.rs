@@ -51,7 +51,7 @@ use delete::delete_user;
 pub use delete::forget;
 use postgres::upsert_user_postgres;
 pub use postgres::{new_user_statements_postgres, PG_SIGNUP_ARRAY_PARAMS};
-pub use queue::SignupQueue;
+pub use queue::{SignupQueue, SignupStatement};
 use sqlite::upsert_user_sqlite;
 use statements::*;
 pub(crate) use statements::{insert_probe_user, INSERT_USER, UPDATE_USER};

@@ -151,7 +151,7 @@ pub const PG_SIGNUP_ARRAY_PARAMS: [usize; 15] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 
 /// One `user.created` / `user.updated` webhook as a row of [`PG_SIGNUP`], owned so that
 /// it can wait in the [`SignupQueue`].
 #[derive(Debug)]
-pub(super) struct SignupRow {
+pub struct SignupRow {
     pub(super) event_row_id: String,
     pub(super) msg_id: String,
     pub(super) event_type: String,
@@ -211,7 +211,7 @@ impl SignupRow {
 
 /// What [`PG_SIGNUP`] decided for one webhook that was not a duplicate.
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct Applied {
+pub struct Applied {
     #[sqlx(rename = "eventId")]
     msg_id: String,
     status: EventStatus,

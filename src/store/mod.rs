@@ -4,6 +4,7 @@
 //! the SQL text is shared where the dialects agree (quoted Prisma identifiers, `$n`
 //! placeholders, `ON CONFLICT`, `RETURNING`).
 
+pub mod batch_queue;
 pub mod connect;
 mod error;
 pub mod migrations;

@@ -13,6 +13,7 @@ use crate::helpers::*;
 both_backends!(
     hundred_concurrent_consumes_of_one_against_twenty,
     idempotent_replays_including_concurrent_ones,
+    concurrent_movements_of_many_users_each_get_their_own_answer,
 );
 
 async fn hundred_concurrent_consumes_of_one_against_twenty(backend: Backend) {
@@ -60,6 +61,134 @@ async fn hundred_concurrent_consumes_of_one_against_twenty(backend: Backend) {
         "each debit saw a distinct, non-negative balance"
     );
     assert_ledger_adds_up(&app.store).await;
+}
+
+/// Ten users, each spending 1 four times and buying 5 once, all at once, with a consume
+/// for a user nobody signed up and a replay racing its first use: on PostgreSQL the
+/// credits queue puts movements of different users in one statement, and every caller
+/// still gets the answer of its own movement.
+async fn concurrent_movements_of_many_users_each_get_their_own_answer(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let names: Vec<String> = (0..10).map(|i| format!("many{i}")).collect();
+    for name in &names {
+        let (s, b) = status_json(
+            app.post_webhook(&format!("msg_{name}"), &created_for(name))
+                .await,
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+    }
+
+    // (clerk id, path, key, amount)
+    let mut calls: Vec<(String, &str, String, i32)> = Vec::new();
+    for name in &names {
+        for i in 0..4 {
+            calls.push((format!("user_{name}"), "consume", format!("spend-{i}"), 1));
+        }
+        calls.push((format!("user_{name}"), "grant", "buy-1".to_owned(), 5));
+        calls.push((format!("user_{name}"), "consume", "spend-0".to_owned(), 1));
+    }
+    calls.push(("user_nobody".to_owned(), "consume", "spend-0".to_owned(), 1));
+    let sends: Vec<_> = calls
+        .iter()
+        .map(|(clerk_id, path, key, amount)| {
+            let body = match *path {
+                "grant" => json!({"amount": amount, "idempotencyKey": key, "kind": "purchase"}),
+                _ => json!({"amount": amount, "idempotencyKey": key}),
+            };
+            let url = format!("{}/v1/users/{clerk_id}/credits/{path}", app.address);
+            tokio::spawn(app.http.post(url).bearer_auth(API_KEY).json(&body).send())
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for send in sends {
+        answers.push(status_json(send.await.unwrap().unwrap()).await);
+    }
+
+    let (s, b) = answers.pop().unwrap();
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (404, Some("user_not_found")),
+        "{b}"
+    );
+    let mut transactions = BTreeSet::new();
+    for ((clerk_id, path, key, amount), (s, b)) in calls.iter().zip(&answers) {
+        assert_eq!(s, &200, "{clerk_id} {path} {key}: {b}");
+        let kind = if *path == "grant" { "credit" } else { "debit" };
+        assert_eq!(
+            (b["type"].as_str(), b["amount"].as_i64()),
+            (Some(kind), Some(i64::from(*amount))),
+            "{b}"
+        );
+        transactions.insert((
+            clerk_id.clone(),
+            key.clone(),
+            b["transactionId"].as_str().unwrap().to_owned(),
+        ));
+    }
+    // Ten users x five movements; each user's second "spend-0" is a replay of the first.
+    assert_eq!(transactions.len(), 50, "one transaction per user and key");
+
+    let users = users(&app.store).await;
+    assert_eq!(users.len(), 10);
+    // Each answer names the row of its own user and key, with that row's balance.
+    let ledger = ledger(&app.store).await;
+    for ((clerk_id, _, key, _), (_, b)) in calls.iter().zip(&answers) {
+        let row = ledger
+            .iter()
+            .find(|t| t.id == b["transactionId"].as_str().unwrap())
+            .unwrap_or_else(|| panic!("{clerk_id} {key}: no row {b}"));
+        let owner = users
+            .iter()
+            .find(|u| Some(&u.id) == row.user_id.as_ref())
+            .unwrap();
+        assert_eq!(
+            (
+                owner.clerk_id.as_str(),
+                row.idempotency_key.as_deref(),
+                row.balance_after
+            ),
+            (
+                clerk_id.as_str(),
+                Some(key.as_str()),
+                b["balanceAfter"].as_i64().map(|v| v as i32)
+            ),
+            "{b}"
+        );
+    }
+    for u in &users {
+        assert_eq!((u.available, u.used), (25, 4), "{}", u.clerk_id);
+    }
+    assert_eq!(
+        ledger.len(),
+        10 * 6,
+        "per user: signup bonus, four debits, one credit"
+    );
+    for u in &users {
+        let mut after: Vec<i32> = ledger
+            .iter()
+            .filter(|t| t.user_id.as_deref() == Some(u.id.as_str()))
+            .map(|t| t.balance_after.unwrap())
+            .collect();
+        after.sort_unstable();
+        after.dedup();
+        assert_eq!(
+            after.len(),
+            6,
+            "{}: each movement saw a distinct balance: {after:?}",
+            u.clerk_id
+        );
+    }
+    assert_ledger_adds_up(&app.store).await;
+    if backend == Backend::Postgres {
+        let statements = metric(&app, "clerk_sync_credits_batch_size_count").await;
+        assert!(
+            statements < calls.len() as f64,
+            "{statements} statements for {} movements: none was shared",
+            calls.len()
+        );
+    }
 }
 
 async fn idempotent_replays_including_concurrent_ones(backend: Backend) {
