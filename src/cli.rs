@@ -93,6 +93,16 @@ pub enum Scenario {
     Consume,
 }
 
+/// Which pgbench peer `clerk-sync bench --print-pgbench-script` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Peer {
+    /// The service's own statements for the scenario.
+    Service,
+    /// The signup as a typical implementation sends it: five statements, one at a time,
+    /// in one transaction (signup scenario only).
+    Plain,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service and the outbox worker (applies pending migrations first).
@@ -303,6 +313,10 @@ pub struct BenchArgs {
     /// then exit.
     #[arg(long)]
     pub print_pgbench_script: bool,
+
+    /// With --print-pgbench-script: the service's statements, or the plain signup.
+    #[arg(long, value_enum, default_value_t = Peer::Service, requires = "print_pgbench_script")]
+    pub peer: Peer,
 
     /// Print the SQL that creates the users the consume pgbench script spends from, then
     /// exit.

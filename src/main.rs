@@ -224,13 +224,18 @@ async fn diagnose(args: DiagnoseArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use clerk_sync::cli::Peer;
     use clerk_sync::commands::bench::{self as b, Scenario};
     if args.print_pgbench_script {
         print!(
             "{}",
-            match args.scenario {
-                Scenario::Signup => b::pgbench_signup_script(),
-                Scenario::Consume => b::pgbench_consume_script(),
+            match (args.scenario, args.peer) {
+                (Scenario::Signup, Peer::Service) => b::pgbench_signup_script(),
+                (Scenario::Signup, Peer::Plain) => b::pgbench_plain_signup_script(),
+                (Scenario::Consume, Peer::Service) => b::pgbench_consume_script(),
+                (Scenario::Consume, Peer::Plain) => {
+                    anyhow::bail!("--peer plain is a signup peer: use it with --scenario signup")
+                }
             }
         );
         return Ok(());

@@ -51,6 +51,21 @@ use delete::delete_user;
 pub use delete::forget;
 use postgres::upsert_user_postgres;
 pub use postgres::{new_user_statements_postgres, PG_SIGNUP_ARRAY_PARAMS};
+
+/// A new user's signup as a typical implementation sends it, on PostgreSQL: five
+/// statements, one at a time, in one transaction: insert the event (not yet processed),
+/// the user, the signup bonus, the outbox job, then mark the event processed. The
+/// service does not run this; `clerk-sync bench --peer plain --print-pgbench-script` turns
+/// it into the second pgbench peer of `bench/compare`.
+pub fn plain_signup_statements_postgres() -> [&'static str; 5] {
+    [
+        INSERT_EVENT.as_str(),
+        INSERT_USER.as_str(),
+        INSERT_SIGNUP_BONUS.as_str(),
+        INSERT_OUTBOX_JOB.postgres(),
+        MARK_EVENT_PROCESSED,
+    ]
+}
 pub use queue::{SignupQueue, SignupStatement};
 use sqlite::upsert_user_sqlite;
 use statements::*;

@@ -180,6 +180,63 @@ mod pgbench_script_runs_the_signup_statements {
     }
 }
 
+mod the_plain_signup_peer_signs_users_up_under_pgbench {
+    use super::*;
+
+    /// The second signup peer of `bench/compare` runs under the real pgbench: each
+    /// transaction writes a processed event, a user with the signup credits, the bonus row
+    /// and the outbox job, as the service would.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = TestDb::new(Backend::Postgres).await;
+        db.store().await.migrate().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("plain.pgbench");
+        std::fs::write(&script, bench::pgbench_plain_signup_script()).unwrap();
+
+        let out = tokio::process::Command::new("pgbench")
+            .args(["-n", "-M", "prepared", "-c", "2", "-t", "20", "-f"])
+            .arg(&script)
+            .arg(&db.url)
+            .output()
+            .await
+            .expect("pgbench (Debian: postgresql-client) must be installed");
+        assert!(
+            out.status.success(),
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let store = db.store().await;
+        let users = users(&store).await;
+        assert_eq!(users.len(), 40);
+        assert!(users.iter().all(|u| (u.available, u.used) == (20, 0)));
+        let rows = ledger(&store).await;
+        assert_eq!(rows.len(), 40);
+        for u in &users {
+            let key = format!("signup:{}", u.clerk_id);
+            let bonus = rows
+                .iter()
+                .find(|r| r.user_id.as_ref() == Some(&u.id))
+                .unwrap();
+            assert_eq!(
+                (
+                    bonus.idempotency_key.as_deref(),
+                    bonus.amount,
+                    bonus.balance_after
+                ),
+                (Some(key.as_str()), Some(20), Some(20))
+            );
+        }
+        assert_eq!(jobs(&store).await.len(), 40);
+        let events = events(&store).await;
+        assert_eq!(events.len(), 40);
+        assert!(events
+            .iter()
+            .all(|e| e.processed && e.status.as_deref() == Some("processed")));
+    }
+}
+
 mod pgbench_script_runs_the_consume_statements {
     use super::*;
 

@@ -24,7 +24,8 @@ use crate::webhooks::{sign, WebhookSecret};
 
 pub use crate::cli::Scenario;
 pub use pgbench::{
-    pgbench_consume_script, pgbench_consume_setup, pgbench_signup_script, PGBENCH_CONSUME_USERS,
+    pgbench_consume_script, pgbench_consume_setup, pgbench_plain_signup_script,
+    pgbench_signup_script, PGBENCH_CONSUME_USERS,
 };
 
 pub mod delay_proxy;
