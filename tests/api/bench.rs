@@ -180,6 +180,25 @@ mod pgbench_script_runs_the_signup_statements {
     }
 }
 
+/// Run `script` under the real pgbench: 2 clients, 20 transactions each.
+async fn run_pgbench(script: &str, url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("script.pgbench");
+    std::fs::write(&path, script).unwrap();
+    let out = tokio::process::Command::new("pgbench")
+        .args(["-n", "-M", "prepared", "-c", "2", "-t", "20", "-f"])
+        .arg(&path)
+        .arg(url)
+        .output()
+        .await
+        .expect("pgbench (Debian: postgresql-client) must be installed");
+    assert!(
+        out.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 mod the_plain_signup_peer_signs_users_up_under_pgbench {
     use super::*;
 
@@ -190,22 +209,9 @@ mod the_plain_signup_peer_signs_users_up_under_pgbench {
     async fn postgres() {
         let db = TestDb::new(Backend::Postgres).await;
         db.store().await.migrate().await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("plain.pgbench");
-        std::fs::write(&script, bench::pgbench_plain_signup_script()).unwrap();
+        let script = bench::pgbench_plain_signup_script();
 
-        let out = tokio::process::Command::new("pgbench")
-            .args(["-n", "-M", "prepared", "-c", "2", "-t", "20", "-f"])
-            .arg(&script)
-            .arg(&db.url)
-            .output()
-            .await
-            .expect("pgbench (Debian: postgresql-client) must be installed");
-        assert!(
-            out.status.success(),
-            "pgbench failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_pgbench(&script, &db.url).await;
 
         let store = db.store().await;
         let users = users(&store).await;
@@ -247,22 +253,9 @@ mod pgbench_script_runs_the_consume_statements {
         let db = TestDb::new(Backend::Postgres).await;
         db.store().await.migrate().await.unwrap();
         db.exec(&bench::pgbench_consume_setup()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("consume.pgbench");
-        std::fs::write(&script, bench::pgbench_consume_script()).unwrap();
+        let script = bench::pgbench_consume_script();
 
-        let out = tokio::process::Command::new("pgbench")
-            .args(["-n", "-M", "prepared", "-c", "2", "-t", "20", "-f"])
-            .arg(&script)
-            .arg(&db.url)
-            .output()
-            .await
-            .expect("pgbench (Debian: postgresql-client) must be installed");
-        assert!(
-            out.status.success(),
-            "pgbench failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_pgbench(&script, &db.url).await;
 
         let store = db.store().await;
         let (rows, used, wrong_balance): (i64, i64, i64) = with_pool!(&store, |pool, _p| {
