@@ -148,12 +148,19 @@ impl Batched for MovementStatement {
     async fn run(&self, rows: &[MovementRow]) -> Result<Vec<MovementResult>, StoreError> {
         let pg = &self.pg;
         let now = store::now();
-        let texts = |f: fn(&MovementRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
+        // Sent in Clerk id order, which is the order the `UPDATE` locks users in with its
+        // nested loop over `req`: two replicas' statements then wait for each other
+        // instead of deadlocking (a deadlock would still be safe: the batch fails whole
+        // and its movements run again one at a time).
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by(|&a, &b| rows[a].clerk_id.cmp(&rows[b].clerk_id));
+        let sorted: Vec<&MovementRow> = order.iter().map(|&i| &rows[i]).collect();
+        let texts = |f: fn(&MovementRow) -> &str| sorted.iter().map(|r| f(r)).collect::<Vec<_>>();
         let query = || {
             sqlx::query_as(statement(rows[0].change.ledger_type()))
                 .bind(texts(|r| &r.clerk_id))
                 .bind(texts(|r| &r.key))
-                .bind(rows.iter().map(|r| r.amount).collect::<Vec<_>>())
+                .bind(sorted.iter().map(|r| r.amount).collect::<Vec<_>>())
                 .bind(now)
                 .bind(texts(|r| &r.row_id))
                 .bind(texts(|r| &r.tracking))
@@ -171,7 +178,12 @@ impl Batched for MovementStatement {
                 format!("{} rows for {} movements", found.len(), rows.len()).into(),
             ));
         }
-        Ok(found)
+        // Back to the callers' order: the statement's k-th row answers rows[order[k]].
+        let mut answers: Vec<Option<MovementResult>> = rows.iter().map(|_| None).collect();
+        for (i, row) in order.into_iter().zip(found) {
+            answers[i] = Some(row);
+        }
+        Ok(answers.into_iter().flatten().collect())
     }
 }
 

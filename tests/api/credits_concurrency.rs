@@ -81,13 +81,18 @@ async fn concurrent_movements_of_many_users_each_get_their_own_answer(backend: B
     }
 
     // (clerk id, path, key, amount)
+    // Round by round, users in reverse Clerk id order: a batch arrives in the opposite of
+    // the order the statement sends it in (by Clerk id), so answers must be put back.
     let mut calls: Vec<(String, &str, String, i32)> = Vec::new();
-    for name in &names {
-        for i in 0..4 {
-            calls.push((format!("user_{name}"), "consume", format!("spend-{i}"), 1));
+    for round in 0..6 {
+        for name in names.iter().rev() {
+            let clerk_id = format!("user_{name}");
+            calls.push(match round {
+                0..4 => (clerk_id, "consume", format!("spend-{round}"), 1),
+                4 => (clerk_id, "grant", "buy-1".to_owned(), 5),
+                _ => (clerk_id, "consume", "spend-0".to_owned(), 1),
+            });
         }
-        calls.push((format!("user_{name}"), "grant", "buy-1".to_owned(), 5));
-        calls.push((format!("user_{name}"), "consume", "spend-0".to_owned(), 1));
     }
     calls.push(("user_nobody".to_owned(), "consume", "spend-0".to_owned(), 1));
     let sends: Vec<_> = calls
