@@ -51,6 +51,18 @@ use delete::delete_user;
 pub use delete::forget;
 use postgres::upsert_user_postgres;
 pub use postgres::{new_user_statements_postgres, PG_SIGNUP_ARRAY_PARAMS};
+pub use queue::{SignupQueue, SignupStatement};
+use sqlite::upsert_user_sqlite;
+use statements::*;
+pub(crate) use statements::{insert_probe_user, INSERT_USER, UPDATE_USER};
+use stepwise::upsert_user_stepwise;
+
+mod delete;
+mod postgres;
+mod queue;
+mod sqlite;
+mod statements;
+mod stepwise;
 
 /// A new user's signup as a typical implementation sends it, on PostgreSQL: five
 /// statements, one at a time, in one transaction: insert the event (not yet processed),
@@ -66,18 +78,6 @@ pub fn plain_signup_statements_postgres() -> [&'static str; 5] {
         MARK_EVENT_PROCESSED,
     ]
 }
-pub use queue::{SignupQueue, SignupStatement};
-use sqlite::upsert_user_sqlite;
-use statements::*;
-pub(crate) use statements::{insert_probe_user, INSERT_USER, UPDATE_USER};
-use stepwise::upsert_user_stepwise;
-
-mod delete;
-mod postgres;
-mod queue;
-mod sqlite;
-mod statements;
-mod stepwise;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SignupSettings {

@@ -34,12 +34,12 @@ RETURNING "id""#,
     )
 });
 
-/// `$2` the reason, `$3` [`EventStatus::Ignored`].
 /// The last of the plain signup's statements ([`super::plain_signup_statements_postgres`]):
 /// `$1` the event row, `$2` now.
 pub(super) const MARK_EVENT_PROCESSED: &str = r#"
 UPDATE "WebhookEvent" SET "processed" = true, "processedAt" = $2 WHERE "id" = $1"#;
 
+/// `$2` the reason, `$3` [`EventStatus::Ignored`].
 pub(super) const MARK_EVENT_IGNORED: &str = r#"
 UPDATE "WebhookEvent" SET "status" = $3, "error" = $2 WHERE "id" = $1"#;
 
