@@ -6,13 +6,13 @@ use crate::store::PgStore;
 use super::postgres::{run_pg_signup, Applied, SignupRow};
 use super::*;
 
-/// Webhooks waiting for [`PG_SIGNUP`](super::postgres): those that arrive while the
+/// Webhooks waiting for `PG_SIGNUP` (`postgres.rs`): those that arrive while the
 /// database is busy go to it together (group commit, [`BatchQueue`]). The events of one
 /// user are applied in arrival order and never in one statement, nor are two webhooks with
-/// one `svix-id` or email address ([`SignupRow::conflicts_with`]).
+/// one `svix-id` or email address (`SignupRow::conflicts_with`).
 pub type SignupQueue = BatchQueue<SignupStatement>;
 
-/// [`PG_SIGNUP`](super::postgres) for a batch of webhooks.
+/// `PG_SIGNUP` (`postgres.rs`) for a batch of webhooks.
 #[derive(Debug, Clone)]
 pub struct SignupStatement {
     pg: PgStore,
