@@ -179,11 +179,9 @@ impl Batched for MovementStatement {
             ));
         }
         // Back to the callers' order: the statement's k-th row answers rows[order[k]].
-        let mut answers: Vec<Option<MovementResult>> = rows.iter().map(|_| None).collect();
-        for (i, row) in order.into_iter().zip(found) {
-            answers[i] = Some(row);
-        }
-        Ok(answers.into_iter().flatten().collect())
+        let mut answers: Vec<(usize, MovementResult)> = order.into_iter().zip(found).collect();
+        answers.sort_unstable_by_key(|&(i, _)| i);
+        Ok(answers.into_iter().map(|(_, row)| row).collect())
     }
 }
 
