@@ -485,8 +485,8 @@ pub fn now() -> chrono::NaiveDateTime {
 ///
 /// cuid2 hashes its entropy, a counter and a fingerprint with SHA-3 and converts the
 /// digest to base 36 through a big integer; that cost about 5 µs a signup (four or five
-/// ids each) in a profile of the signup bench. The ids it gives have nothing more a
-/// reader can rely on than these: unpredictable, no order, no collision in practice.
+/// ids each) in a profile of the signup bench. cuid2's ids promise a reader no more than
+/// these do: unpredictable, unordered, no collision in practice.
 pub fn new_id() -> String {
     use rand::Rng;
     const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
