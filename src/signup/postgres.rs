@@ -36,6 +36,13 @@ use crate::store::{PgStore, OWN_SCHEMA};
 /// planner always looks them up by index: on a new database's empty tables it would plan
 /// an `EXISTS` as one scan of the whole table, and keep that plan as the table grows.
 ///
+/// The arrays are read through a subquery with `OFFSET 0`, as the credits statement
+/// reads its own: the planner cannot see their lengths, so a plan made for given arrays
+/// costs what the generic plan costs, and PostgreSQL keeps the prepared statement's
+/// generic plan instead of planning every execution again. Before, a batch of one or two
+/// (a quiet service) was planned at every bind: 0.99 ms of bind against 0.49 ms of
+/// execution, from PostgreSQL's log at C = 1; with this form, bind takes 0.15 ms.
+///
 /// Rows of one batch must not share a `svix-id`, a Clerk user or an email address
 /// ([`SignupRow::conflicts_with`]): within one statement they could not see each other.
 /// Rows are written in Clerk id order, so two statements lock rows in the same order.
@@ -68,9 +75,14 @@ WITH input AS (
                      WHERE w."eventId" = i."eventId"), false) AS "handled",
            COALESCE((SELECT u."clerkId" <> i."clerkId" FROM "User" u
                      WHERE u."email" = i."email"), false) AS "taken"
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
-                $7::text[], $8::text[], $9::text[], $10::text[], $12::text[], $14::text[],
-                $15::text[], $16::text[], $18::text[])
+    FROM (SELECT $1::text[] AS a1, $2::text[] AS a2, $3::text[] AS a3, $4::text[] AS a4,
+                 $5::text[] AS a5, $6::int8[] AS a6, $7::text[] AS a7, $8::text[] AS a8,
+                 $9::text[] AS a9, $10::text[] AS a10, $12::text[] AS a12,
+                 $14::text[] AS a14, $15::text[] AS a15, $16::text[] AS a16,
+                 $18::text[] AS a18
+          OFFSET 0) AS p
+    CROSS JOIN LATERAL unnest(p.a1, p.a2, p.a3, p.a4, p.a5, p.a6, p.a7, p.a8, p.a9, p.a10,
+                              p.a12, p.a14, p.a15, p.a16, p.a18)
         AS i("rowId", "eventId", "eventType", "payload", "clerkId", "clerkUpdatedAt",
              "email", "photo", "firstName", "lastName", "userId", "bonusId",
              "signupKey", "jobId", "jobPayload")

@@ -25,6 +25,7 @@ mod metrics;
 mod outbox;
 mod outbox_delivery;
 mod pgbouncer;
+mod plans;
 mod prisma;
 mod reconcile;
 mod replay;

@@ -6,7 +6,6 @@ use std::time::Duration;
 use clerk_sync::config::DatabaseUrl;
 use clerk_sync::signup::{self, Outcome, SignupSettings};
 use clerk_sync::store::Store;
-use clerk_sync::webhooks::verify;
 use clerk_sync::with_pool;
 
 use crate::helpers::*;
@@ -17,19 +16,7 @@ async fn prepared_statements_after_a_signup(url: &str, msg_id: &str) -> i64 {
     let store = Store::connect(&url, 1, Duration::from_secs(5))
         .await
         .unwrap();
-    let body = fixture("clerk-user-created.json");
-    let now = chrono::Utc::now().timestamp();
-    let secret = clerk_sync::webhooks::WebhookSecret::parse(SECRET).unwrap();
-    let mut headers = axum::http::HeaderMap::new();
-    headers.insert("svix-id", msg_id.parse().unwrap());
-    headers.insert("svix-timestamp", now.to_string().parse().unwrap());
-    headers.insert(
-        "svix-signature",
-        clerk_sync::webhooks::sign(&secret, msg_id, now, &body)
-            .parse()
-            .unwrap(),
-    );
-    let hook = verify(&[secret], &headers, body.into(), now).unwrap();
+    let hook = verified_webhook(msg_id, &fixture("clerk-user-created.json"));
     let settings = SignupSettings {
         signup_credits: 20,
         transaction_timeout: Duration::from_secs(5),

@@ -252,6 +252,23 @@ pub async fn status_json(r: reqwest::Response) -> (u16, Value) {
     (status, json)
 }
 
+/// `body` as the service's handler sees it once its signature is verified: signed now,
+/// as message `msg_id`, with the test secret. For tests that call the library directly.
+pub fn verified_webhook(msg_id: &str, body: &[u8]) -> clerk_sync::webhooks::VerifiedWebhook {
+    let now = chrono::Utc::now().timestamp();
+    let secret = clerk_sync::webhooks::WebhookSecret::parse(SECRET).unwrap();
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("svix-id", msg_id.parse().unwrap());
+    headers.insert("svix-timestamp", now.to_string().parse().unwrap());
+    headers.insert(
+        "svix-signature",
+        clerk_sync::webhooks::sign(&secret, msg_id, now, body)
+            .parse()
+            .unwrap(),
+    );
+    clerk_sync::webhooks::verify(&[secret], &headers, body.to_vec().into(), now).unwrap()
+}
+
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = fixture_path(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
