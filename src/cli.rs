@@ -24,6 +24,16 @@ pub struct Cli {
     #[arg(long, env = "LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// Threads that run requests and database work: one per core by default. With
+    /// PostgreSQL on the same machine, 1 leaves it the other cores (README: Performance).
+    #[arg(
+        long,
+        env = "TOKIO_WORKER_THREADS",
+        global = true,
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub worker_threads: Option<u16>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -32,18 +32,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The command line before the runtime: it sizes the runtime. Given explicitly, so
+    // tokio never reads (and panics on) a bad TOKIO_WORKER_THREADS itself.
+    let cli = Cli::parse_or_exit();
+    let threads = cli.worker_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        usize::from,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async_main(env_file))
+    runtime.block_on(async_main(env_file, cli))
 }
 
-async fn async_main(env_file: Option<clerk_sync::env_file::EnvFile>) -> ExitCode {
-    let cli = Cli::parse_or_exit();
+async fn async_main(env_file: Option<clerk_sync::env_file::EnvFile>, cli: Cli) -> ExitCode {
     let filter = match cli.command {
         Command::Serve(_) => telemetry::DEFAULT_FILTER,
         // Its own line per webhook instead of the request log; warnings, and the ready line.

@@ -24,6 +24,7 @@ fn serve_command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
         "PORT",
         "RUST_LOG",
         "LOG_FORMAT",
+        "TOKIO_WORKER_THREADS",
     ] {
         command.env_remove(name);
     }
@@ -83,6 +84,19 @@ fn a_failed_start_says_the_cause_and_the_fix_once() {
     let err = failed_start(dir, &["--port", "abc"], &[]);
     assert!(!err.contains("environment variable"), "{err}");
 
+    // TOKIO_WORKER_THREADS is ours to check: tokio itself would panic on it.
+    let err = failed_start(dir, &[], &[("TOKIO_WORKER_THREADS", "0")]);
+    assert!(
+        err.contains("invalid value '0' for '--worker-threads <WORKER_THREADS>'")
+            && err.contains("1..=1024"),
+        "{err}"
+    );
+    assert!(
+        err.contains("environment variable TOKIO_WORKER_THREADS"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
     // Signing secrets: commas instead of spaces; a truncated secret.
     let err = failed_start(
         dir,
@@ -140,6 +154,15 @@ both_backends!(a_ready_server_prints_the_webhook_url_and_where_the_data_is);
 /// Start `serve` on a free port in an empty directory and return its stderr up to the
 /// "ready" line, then stop it.
 fn until_ready(dir: &Path, env: &[(&str, &str)]) -> String {
+    let (mut child, seen) = start_until_ready(dir, env);
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
+}
+
+/// Start `serve` on a free port in an empty directory: the running process and its
+/// stderr up to the "ready" line.
+fn start_until_ready(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
     let mut child = serve_command(dir, &["--port", "0"], env)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -170,9 +193,7 @@ fn until_ready(dir: &Path, env: &[(&str, &str)]) -> String {
             }
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    seen
+    (child, seen)
 }
 
 async fn a_ready_server_prints_the_webhook_url_and_where_the_data_is(backend: Backend) {
@@ -226,4 +247,37 @@ async fn a_ready_server_prints_the_webhook_url_and_where_the_data_is(backend: Ba
     );
     assert_eq!(seen.matches("ready:").count(), 1, "{seen}");
     let _ = db;
+}
+
+both_backends!(serve_runs_as_many_worker_threads_as_configured);
+
+/// `TOKIO_WORKER_THREADS` sizes the runtime that serves requests (README: Performance
+/// measures 1 against one per core with PostgreSQL on the same machine): counted in
+/// /proc as the threads tokio names `tokio-rt-worker`.
+async fn serve_runs_as_many_worker_threads_as_configured(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let workers = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter(|task| {
+                let comm = std::fs::read_to_string(task.as_ref().unwrap().path().join("comm"));
+                comm.is_ok_and(|c| c.trim() == "tokio-rt-worker")
+            })
+            .count()
+    };
+    for threads in ["1", "3"] {
+        let (mut child, _) = start_until_ready(
+            dir.path(),
+            &[
+                ("DATABASE_URL", &db.url),
+                ("CLERK_WEBHOOK_SIGNING_SECRET", SECRET),
+                ("TOKIO_WORKER_THREADS", threads),
+            ],
+        );
+        let counted = workers(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(counted.to_string(), threads, "worker threads");
+    }
 }
