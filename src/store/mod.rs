@@ -479,22 +479,48 @@ pub fn now() -> chrono::NaiveDateTime {
         .naive_utc()
 }
 
-/// A new primary key in cuid2's shape, for the columns the seed app's Prisma fills with
-/// `@default(cuid())`: 24 characters, a lowercase letter then lowercase letters and
-/// digits, about 124 bits drawn from the thread's cryptographic generator (ChaCha).
+/// A new primary key for the columns the seed app's Prisma fills with `@default(cuid())`,
+/// in the shape of Prisma's own cuids: 24 characters, `c`, the time in milliseconds (8
+/// base-36 digits), a process-wide counter (4), then 11 characters (about 57 bits) drawn
+/// from the thread's cryptographic generator (ChaCha).
 ///
-/// cuid2 hashes its entropy, a counter and a fingerprint with SHA-3 and converts the
-/// digest to base 36 through a big integer; that cost about 5 µs a signup (four or five
-/// ids each) in a profile of the signup bench. cuid2's ids promise a reader no more than
-/// these do: unpredictable, unordered, no collision in practice.
+/// Time first, so that a new row's key lands at the right-hand end of its B-tree index,
+/// as Prisma's cuids do, instead of on a random page. Measured (README, Performance):
+/// SQLite signups 17–48% faster; on PostgreSQL 6–14% less CPU per signup, and on a
+/// database of a million signups just after a checkpoint 3.8–4.0 KB of WAL per signup
+/// (full-page images of the random pages dirtied) fell to 2.7–2.9 KB. Like Prisma's, an
+/// id tells when it was made; no route takes one as a credential (the API and the console
+/// ask for their own).
 pub fn new_id() -> String {
     use rand::Rng;
+    use std::sync::atomic::{AtomicU32, Ordering};
     const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     const LEN: usize = 24;
-    let mut rng = rand::thread_rng();
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    /// `n` as `width` base-36 digits, its higher digits dropped (the time wraps in 2059).
+    fn push_base36(id: &mut String, mut n: u64, width: usize) {
+        let mut digits = [0u8; 8];
+        for digit in digits[..width].iter_mut().rev() {
+            let d = (n % 36) as usize;
+            *digit = if d < 10 {
+                ALPHABET[26 + d]
+            } else {
+                ALPHABET[d - 10]
+            };
+            n /= 36;
+        }
+        id.extend(digits[..width].iter().map(|&b| char::from(b)));
+    }
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed) % 36u32.pow(4);
     let mut id = String::with_capacity(LEN);
-    id.push(char::from(ALPHABET[rng.gen_range(0..26)]));
-    for _ in 1..LEN {
+    id.push('c');
+    push_base36(&mut id, millis, 8);
+    push_base36(&mut id, u64::from(count), 4);
+    let mut rng = rand::thread_rng();
+    while id.len() < LEN {
         id.push(char::from(ALPHABET[rng.gen_range(0..36)]));
     }
     id
@@ -505,24 +531,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn new_ids_have_cuid2s_shape_and_do_not_repeat() {
-        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| new_id()).collect();
-        assert_eq!(ids.len(), 10_000);
+    fn new_ids_have_cuids_shape_sort_by_time_and_do_not_repeat() {
+        let before = chrono::Utc::now().timestamp_millis();
+        let ids: Vec<String> = (0..10_000).map(|_| new_id()).collect();
+        let after = chrono::Utc::now().timestamp_millis();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), 10_000);
         for id in &ids {
             assert_eq!(id.len(), 24, "{id}");
-            assert!(id.as_bytes()[0].is_ascii_lowercase(), "{id}");
+            assert!(id.starts_with('c'), "{id}");
             assert!(
                 id.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
                 "{id}"
             );
+            let millis = i64::from_str_radix(&id[1..9], 36).expect("base 36");
+            assert!((before..=after).contains(&millis), "{id}: {millis}");
         }
-        // Every character of the alphabet turns up where it may: not a constant or a
-        // narrowed range.
-        let firsts: std::collections::HashSet<u8> = ids.iter().map(|i| i.as_bytes()[0]).collect();
-        let rests: std::collections::HashSet<u8> =
-            ids.iter().flat_map(|i| i.bytes().skip(1)).collect();
-        assert_eq!((firsts.len(), rests.len()), (26, 36));
+        // One thread's ids increase (time, then the counter), so a new row's key goes to
+        // the end of its index. (The counter wraps every 36^4 = 1,679,616 ids; only ids
+        // of one millisecond on either side of a wrap come out of order.)
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids out of order");
+        // The random part uses the whole alphabet: not a constant or a narrowed range.
+        let tails: std::collections::HashSet<u8> =
+            ids.iter().flat_map(|i| i.bytes().skip(13)).collect();
+        assert_eq!(tails.len(), 36);
     }
 
     #[test]

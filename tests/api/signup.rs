@@ -31,7 +31,7 @@ async fn created_user_has_every_column_a_ledger_row_and_a_job(backend: Backend) 
     let users = users(&app.store).await;
     assert_eq!(users.len(), 1);
     let u = &users[0];
-    assert_eq!(u.id.len(), 24, "cuid2 id: {}", u.id);
+    assert_eq!(u.id.len(), 24, "a cuid: {}", u.id);
     assert_eq!(u.clerk_id, "user_29w83sxmDNGwOuEthce5gg56FcC");
     assert_eq!(u.email, "example@example.org");
     assert_eq!(u.photo, "https://img.clerk.com/xxxxxx");

@@ -199,7 +199,7 @@ async fn run(backend: Backend) -> Run {
     Run { answers, tables }
 }
 
-/// Generated ids (cuid2: 24 lowercase alphanumerics) become `id#n` in order of first
+/// Generated ids (cuids: 24 lowercase alphanumerics) become `id#n` in order of first
 /// appearance, so two runs compare equal when they wrote the same rows.
 #[derive(Default)]
 struct Labels(Vec<String>);
