@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::config::ServerSettings;
 use crate::credits::{CreditsQueue, MovementStatement};
 use crate::http::auth::ApiKeys;
-use crate::http::{router, server, system_clock, AppState, Clock};
+use crate::http::{router, server, system_clock, AppState, AppStateInner, Clock};
 use crate::metrics::Metrics;
 use crate::outbox::worker::{self, WorkerSettings};
 use crate::outbox::ClerkClient;
@@ -43,7 +43,7 @@ pub enum StartupError {
 
 pub struct Application {
     listener: TcpListener,
-    state: AppState,
+    state: AppStateInner,
     server: ServerSettings,
     worker: Option<(ClerkClient, WorkerSettings)>,
     /// Reconcile with Clerk this often (`RECONCILE_INTERVAL`).
@@ -157,7 +157,7 @@ impl Application {
             ),
             Store::Sqlite(_) => (None, None),
         };
-        let state = AppState {
+        let state = AppStateInner {
             store,
             webhook_secrets: config.webhook_secrets.clone().into(),
             signup,
@@ -232,7 +232,7 @@ impl Application {
         };
         info!(address = %self.listener.local_addr()?, "listening");
         let metrics = self.state.metrics.clone();
-        let app = router(self.state);
+        let app = router(AppState::new(self.state));
         let served =
             server::serve(self.listener, app, self.server, metrics, shutdown.clone()).await;
         shutdown.cancel();

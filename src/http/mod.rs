@@ -29,8 +29,27 @@ use crate::signup::{SignupQueue, SignupSettings};
 use crate::store::Store;
 use crate::webhooks::WebhookSecret;
 
+/// What every handler shares, behind one `Arc`: axum clones the state for each request,
+/// and cloning fourteen fields (most of them `Arc`s) then dropping them was 4.6% of the
+/// service's CPU samples in a signup bench.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl AppState {
+    pub fn new(inner: AppStateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+pub struct AppStateInner {
     pub store: Store,
     pub webhook_secrets: Arc<[WebhookSecret]>,
     pub signup: SignupSettings,
