@@ -157,7 +157,7 @@ async fn handle(
     if let Ok(e) = &envelope {
         seen.event_type = Some(e.event_type.clone());
         if state.observer.is_some() {
-            seen.clerk_id = e.data["id"].as_str().map(str::to_owned);
+            seen.clerk_id = e.data_id();
         }
     }
     let outcome = signup::handle_parsed(

@@ -2,6 +2,7 @@
 //! Error messages name the field and the problem, never the value.
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::domain::text::storable_owned;
@@ -27,12 +28,14 @@ impl PayloadError {
     }
 }
 
-/// The outer event: `{"type": ..., "data": {...}, "timestamp": ms}`.
+/// The outer event: `{"type": ..., "data": {...}, "timestamp": ms}`. `data` stays text
+/// until the event's type says what it holds: building a `Value` of it first, then the
+/// typed user from that, was most of the JSON work of a signup.
 #[derive(Debug, Deserialize)]
 pub struct Envelope {
     #[serde(rename = "type")]
     pub event_type: EventType,
-    pub data: Value,
+    data: Box<RawValue>,
     /// Milliseconds since the epoch, when Clerk emitted the event.
     #[serde(default)]
     pub timestamp: Option<i64>,
@@ -131,36 +134,59 @@ struct RawDeleted {
 
 /// Deserialize with the failing field's path in the error, but not serde's message
 /// (which quotes the offending value).
-fn from_value<T: serde::de::DeserializeOwned>(
-    value: &Value,
-    prefix: &str,
-) -> Result<T, PayloadError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+fn deserialize_at<'de, D, T>(from: D, prefix: &str) -> Result<T, PayloadError>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    serde_path_to_error::deserialize(from).map_err(|e| {
+        let mut field = prefix.to_owned();
         let path = e.path().to_string();
-        let field = if path == "." {
-            prefix.to_owned()
-        } else {
-            format!("{prefix}.{path}")
+        if path != "." {
+            field = format!("{field}.{path}");
+        }
+        // serde names a missing field in its message, in backquotes (never a value).
+        let message = e.inner().to_string();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        let problem = match missing {
+            Some(name) => {
+                field = format!("{field}.{name}");
+                "is missing"
+            }
+            None => "has the wrong type or value",
         };
-        let problem = if e.inner().to_string().starts_with("missing field") {
-            "is missing".to_owned()
-        } else {
-            "has the wrong type or value".to_owned()
-        };
-        PayloadError::Field { field, problem }
+        PayloadError::Field {
+            field,
+            problem: problem.to_owned(),
+        }
     })
 }
 
 /// Parse the body into its envelope; the first thing done after verification.
+/// A body that is not JSON at all is `NotJson`, whatever else is wrong with it: a pass
+/// that only checks the syntax (and allocates nothing) comes first.
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope, PayloadError> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| PayloadError::NotJson)?;
-    from_value::<Envelope>(&value, "event")
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|_| PayloadError::NotJson)?;
+    deserialize_at(&mut serde_json::Deserializer::from_slice(body), "event")
 }
 
 impl Envelope {
     /// The user of a `user.created` / `user.updated` event.
     pub fn user_profile(&self) -> Result<UserProfile, PayloadError> {
-        profile_from_user(&self.data, self.timestamp)
+        let raw = deserialize_at(
+            &mut serde_json::Deserializer::from_str(self.data.get()),
+            "data",
+        )?;
+        profile_from_raw(raw, self.timestamp)
+    }
+
+    /// `data.id` when it is a string, whatever the event (a label for `clerk-sync dev`).
+    pub fn data_id(&self) -> Option<String> {
+        serde_json::from_str::<RawDeleted>(self.data.get())
+            .ok()
+            .and_then(|raw| raw.id)
     }
 }
 
@@ -171,7 +197,10 @@ pub fn profile_from_user(
     user: &Value,
     fallback_ms: Option<i64>,
 ) -> Result<UserProfile, PayloadError> {
-    let raw: RawUser = from_value(user, "data")?;
+    profile_from_raw(deserialize_at(user, "data")?, fallback_ms)
+}
+
+fn profile_from_raw(raw: RawUser, fallback_ms: Option<i64>) -> Result<UserProfile, PayloadError> {
     let clerk_id = ClerkUserId::parse(&raw.id).map_err(|e| PayloadError::field("data.id", e))?;
     let primary = raw
         .primary_email_address_id
@@ -203,7 +232,10 @@ pub fn profile_from_user(
 impl Envelope {
     /// The user id of a `user.deleted` event.
     pub fn deleted_user(&self) -> Result<ClerkUserId, PayloadError> {
-        let raw: RawDeleted = from_value(&self.data, "data")?;
+        let raw: RawDeleted = deserialize_at(
+            &mut serde_json::Deserializer::from_str(self.data.get()),
+            "data",
+        )?;
         let id = raw
             .id
             .ok_or_else(|| PayloadError::field("data.id", "is missing"))?;
@@ -249,6 +281,17 @@ mod tests {
     }
 
     #[test]
+    fn data_id_is_the_users_id_of_any_event_or_none() {
+        let id = |body: &[u8]| parse_envelope(body).unwrap().data_id();
+        assert_eq!(
+            id(&fixture("clerk-user-deleted.json")).as_deref(),
+            Some("user_29w83sxmDNGwOuEthce5gg56FcC")
+        );
+        assert_eq!(id(br#"{"type":"x","data":{"id":7}}"#), None);
+        assert_eq!(id(br#"{"type":"x","data":[]}"#), None);
+    }
+
+    #[test]
     fn deleted_fixture_names_the_user() {
         let env = parse_envelope(&fixture("clerk-user-deleted.json")).unwrap();
         assert_eq!(
@@ -288,7 +331,40 @@ mod tests {
         let err = env.user_profile().unwrap_err().to_string();
         assert!(err.contains("data.updated_at"), "{err}");
         assert!(!err.contains("secret"), "{err}");
-        let err = parse_envelope(br#"{"data":{}}"#).unwrap_err().to_string();
-        assert!(err.contains("event") && err.contains("missing"), "{err}");
+        assert_eq!(
+            parse_envelope(br#"{"data":{}}"#).unwrap_err(),
+            PayloadError::field("event.type", "is missing")
+        );
+        assert_eq!(
+            parse_envelope(br#"{"type":"user.created"}"#).unwrap_err(),
+            PayloadError::field("event.data", "is missing")
+        );
+        assert_eq!(
+            parse_envelope(br#"{"type":5,"data":{}}"#).unwrap_err(),
+            PayloadError::field("event.type", "has the wrong type or value")
+        );
+        let env =
+            parse_envelope(br#"{"type":"user.created","data":{"email_addresses":[]}}"#).unwrap();
+        assert_eq!(
+            env.user_profile().unwrap_err(),
+            PayloadError::field("data.id", "is missing")
+        );
+        let env = parse_envelope(
+            br#"{"type":"user.created","data":{"id":"user_1","email_addresses":[{"id":"e"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            env.user_profile().unwrap_err(),
+            PayloadError::field("data.email_addresses[0].email_address", "is missing")
+        );
+        // Not JSON wins over a wrong type met first.
+        assert_eq!(
+            parse_envelope(br#"{"type":5,"data":"#).unwrap_err(),
+            PayloadError::NotJson
+        );
+        assert_eq!(
+            parse_envelope(br#"{"type":"user.created","data":{}} trailing"#).unwrap_err(),
+            PayloadError::NotJson
+        );
     }
 }
