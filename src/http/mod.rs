@@ -30,7 +30,7 @@ use crate::store::Store;
 use crate::webhooks::WebhookSecret;
 
 /// What every handler shares, behind one `Arc`: axum clones the state for each request,
-/// and cloning fourteen fields (most of them `Arc`s) then dropping them was 4.6% of the
+/// and cloning thirteen fields (most of them `Arc`s) then dropping them was 4.6% of the
 /// service's CPU samples in a signup bench.
 #[derive(Clone)]
 pub struct AppState(Arc<AppStateInner>);

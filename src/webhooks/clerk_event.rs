@@ -165,21 +165,34 @@ where
 }
 
 /// Parse the body into its envelope; the first thing done after verification.
-/// A body that is not JSON at all is `NotJson`, whatever else is wrong with it: a pass
-/// that only checks the syntax (and allocates nothing) comes first.
+/// A body that is not JSON at all is `NotJson`, whatever else is wrong with it: when the
+/// one typed pass fails, a pass that only checks the syntax says which it was.
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope, PayloadError> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|_| PayloadError::NotJson)?;
-    deserialize_at(&mut serde_json::Deserializer::from_slice(body), "event")
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let parsed = deserialize_at(&mut json, "event").and_then(|envelope| {
+        json.end().map_err(|_| PayloadError::NotJson)?;
+        Ok(envelope)
+    });
+    parsed.map_err(
+        |e| match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => e,
+            Err(_) => PayloadError::NotJson,
+        },
+    )
 }
 
 impl Envelope {
     /// The user of a `user.created` / `user.updated` event.
     pub fn user_profile(&self) -> Result<UserProfile, PayloadError> {
-        let raw = deserialize_at(
+        profile_from_raw(self.data()?, self.timestamp)
+    }
+
+    /// `data` as `T`, errors named from `data`.
+    fn data<'a, T: Deserialize<'a>>(&'a self) -> Result<T, PayloadError> {
+        deserialize_at(
             &mut serde_json::Deserializer::from_str(self.data.get()),
             "data",
-        )?;
-        profile_from_raw(raw, self.timestamp)
+        )
     }
 
     /// `data.id` when it is a string, whatever the event (a label for `clerk-sync dev`).
@@ -232,10 +245,7 @@ fn profile_from_raw(raw: RawUser, fallback_ms: Option<i64>) -> Result<UserProfil
 impl Envelope {
     /// The user id of a `user.deleted` event.
     pub fn deleted_user(&self) -> Result<ClerkUserId, PayloadError> {
-        let raw: RawDeleted = deserialize_at(
-            &mut serde_json::Deserializer::from_str(self.data.get()),
-            "data",
-        )?;
+        let raw: RawDeleted = self.data()?;
         let id = raw
             .id
             .ok_or_else(|| PayloadError::field("data.id", "is missing"))?;
