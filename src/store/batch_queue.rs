@@ -192,8 +192,8 @@ impl<B: Batched> BatchQueue<B> {
 }
 
 /// The next batch: waiting requests in arrival order, up to [`Batched::MAX_BATCH`] and
-/// [`Batched::MAX_BATCH_BYTES`], none in conflict with an earlier one (those wait for a
-/// later batch, in order). Requests whose caller stopped waiting are dropped.
+/// [`Batched::MAX_BATCH_BYTES`], none in conflict with an earlier one, taken or left
+/// waiting (those wait for a later batch, in order). Requests whose caller stopped waiting are dropped.
 fn take_batch<B: Batched>(waiting: &mut Vec<Waiting<B>>) -> Vec<Waiting<B>> {
     let mut batch: Vec<Waiting<B>> = Vec::new();
     let mut bytes = 0;
@@ -205,7 +205,17 @@ fn take_batch<B: Batched>(waiting: &mut Vec<Waiting<B>>) -> Vec<Waiting<B>> {
         let size = B::bytes(&w.request);
         let fits =
             batch.is_empty() || (batch.len() < B::MAX_BATCH && bytes + size <= B::MAX_BATCH_BYTES);
-        if fits && !batch.iter().any(|b| B::conflicts(&b.request, &w.request)) {
+        // Conflict is not transitive (a webhook may share its email address with one
+        // request and its user with another), so a request must also wait behind every
+        // request already left for later that it conflicts with: otherwise a user's later
+        // event could go before its earlier one.
+        let free = |r: &B::Request| {
+            !batch.iter().any(|b| B::conflicts(&b.request, r))
+                && !later
+                    .iter()
+                    .any(|l: &Waiting<B>| B::conflicts(&l.request, r))
+        };
+        if fits && free(&w.request) {
             bytes += size;
             batch.push(w);
         } else {
@@ -282,6 +292,37 @@ mod tests {
         assert_eq!(keys(&take_batch(&mut waiting)), ["a2"]);
         assert_eq!(keys(&take_batch(&mut waiting)), ["a3"]);
         assert!(take_batch(&mut waiting).is_empty());
+    }
+
+    /// Keys conflict when they share a letter ("ax" conflicts with "xb", and "xb" with
+    /// "bc", but "ax" not with "bc"): "bc" must not overtake "xb", which waits behind "ax".
+    #[test]
+    fn a_request_waits_behind_a_waiting_request_it_conflicts_with() {
+        #[derive(Debug, Clone)]
+        struct Shared;
+        impl Batched for Shared {
+            type Request = &'static str;
+            type Answer = ();
+            const NAME: &'static str = "shared letters";
+            fn conflicts(a: &Self::Request, b: &Self::Request) -> bool {
+                a.chars().any(|c| b.contains(c))
+            }
+            async fn run(&self, _: &[Self::Request]) -> Result<Vec<()>, StoreError> {
+                unreachable!("only batches are taken")
+            }
+        }
+        let (mut waiting, _answers): (Vec<Waiting<Shared>>, Vec<_>) = ["ax", "xb", "bc", "de"]
+            .into_iter()
+            .map(|request| {
+                let (reply, answer) = oneshot::channel::<Result<(), StoreError>>();
+                (Waiting { request, reply }, answer)
+            })
+            .unzip();
+        let keys = |batch: &[Waiting<Shared>]| batch.iter().map(|w| w.request).collect::<Vec<_>>();
+        assert_eq!(keys(&take_batch(&mut waiting)), ["ax", "de"]);
+        assert_eq!(keys(&take_batch(&mut waiting)), ["xb"]);
+        assert_eq!(keys(&take_batch(&mut waiting)), ["bc"]);
+        assert!(waiting.is_empty());
     }
 
     #[test]
