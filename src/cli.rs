@@ -24,8 +24,8 @@ pub struct Cli {
     #[arg(long, env = "LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
 
-    /// Threads that run requests and database work: one per core by default. With
-    /// PostgreSQL on the same machine, 1 leaves it the other cores (README: Performance).
+    /// Threads that run requests and database work. Default: one per core, one fewer when
+    /// DATABASE_URL is a PostgreSQL on this machine (README: Performance).
     #[arg(
         long,
         env = "TOKIO_WORKER_THREADS",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clerk_sync::cli::{BenchArgs, Cli, Command, DiagnoseArgs, PrismaSchemaArgs};
 use clerk_sync::commands::{send, smoke};
-use clerk_sync::config::{Config, DatabaseSettings, DatabaseUrl};
+use clerk_sync::config::{self, Config, DatabaseSettings, DatabaseUrl};
 use clerk_sync::startup::Application;
 use clerk_sync::{dev_secret, telemetry};
 
@@ -38,7 +38,17 @@ fn main() -> ExitCode {
     // tokio never reads (and panics on) a bad TOKIO_WORKER_THREADS itself.
     let cli = Cli::parse_or_exit();
     let threads = cli.worker_threads.map_or_else(
-        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        || {
+            // A bad DATABASE_URL is reported by the command itself, once it runs.
+            let served = match &cli.command {
+                Command::Serve(args) | Command::Dev(args) => {
+                    DatabaseUrl::parse(&args.database.database_url).ok()
+                }
+                _ => None,
+            };
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            config::default_worker_threads(served.as_ref(), cores)
+        },
         usize::from,
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -121,6 +121,25 @@ impl DatabaseUrl {
         }
     }
 
+    /// A PostgreSQL server on this machine: a Unix socket, `localhost` or a loopback
+    /// address. Its backends then compete with the service for the same cores.
+    pub fn is_postgres_on_this_machine(&self) -> bool {
+        let Self::Postgres { options, .. } = self else {
+            return false;
+        };
+        if options.get_socket().is_some() {
+            return true;
+        }
+        let host = options
+            .get_host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self {
             Self::Postgres { .. } => "postgres",

@@ -251,9 +251,10 @@ async fn a_ready_server_prints_the_webhook_url_and_where_the_data_is(backend: Ba
 
 both_backends!(serve_runs_as_many_worker_threads_as_configured);
 
-/// `TOKIO_WORKER_THREADS` sizes the runtime that serves requests (README: Performance
-/// measures 1 against one per core with PostgreSQL on the same machine): counted in
-/// /proc as the threads tokio names `tokio-rt-worker`.
+/// `TOKIO_WORKER_THREADS` sizes the runtime that serves requests; unset, serve runs
+/// `config::default_worker_threads` workers: one per core, one fewer for a PostgreSQL on
+/// this machine (README: Performance). Counted in /proc as the threads tokio names
+/// `tokio-rt-worker`.
 async fn serve_runs_as_many_worker_threads_as_configured(backend: Backend) {
     let db = TestDb::new(backend).await;
     let dir = tempfile::tempdir().unwrap();
@@ -266,18 +267,29 @@ async fn serve_runs_as_many_worker_threads_as_configured(backend: Backend) {
             })
             .count()
     };
-    for threads in ["1", "3"] {
-        let (mut child, _) = start_until_ready(
-            dir.path(),
-            &[
-                ("DATABASE_URL", &db.url),
-                ("CLERK_WEBHOOK_SIGNING_SECRET", SECRET),
-                ("TOKIO_WORKER_THREADS", threads),
-            ],
-        );
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let url = clerk_sync::config::DatabaseUrl::parse(&db.url).unwrap();
+    let default = clerk_sync::config::default_worker_threads(Some(&url), cores);
+    if backend == Backend::Postgres && url.is_postgres_on_this_machine() && cores > 1 {
+        assert_eq!(default, cores - 1);
+    }
+    for threads in [Some(1), Some(3), None] {
+        let mut env = vec![
+            ("DATABASE_URL", db.url.clone()),
+            ("CLERK_WEBHOOK_SIGNING_SECRET", SECRET.to_owned()),
+        ];
+        if let Some(n) = threads {
+            env.push(("TOKIO_WORKER_THREADS", n.to_string()));
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (mut child, _) = start_until_ready(dir.path(), &env);
         let counted = workers(child.id());
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(counted.to_string(), threads, "worker threads");
+        assert_eq!(
+            counted,
+            threads.unwrap_or(default),
+            "worker threads ({threads:?} set)"
+        );
     }
 }
