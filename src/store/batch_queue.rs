@@ -193,7 +193,8 @@ impl<B: Batched> BatchQueue<B> {
 
 /// The next batch: waiting requests in arrival order, up to [`Batched::MAX_BATCH`] and
 /// [`Batched::MAX_BATCH_BYTES`], none in conflict with an earlier one, taken or left
-/// waiting (those wait for a later batch, in order). Requests whose caller stopped waiting are dropped.
+/// waiting (those wait for a later batch, in order). Requests whose caller stopped
+/// waiting are dropped.
 fn take_batch<B: Batched>(waiting: &mut Vec<Waiting<B>>) -> Vec<Waiting<B>> {
     let mut batch: Vec<Waiting<B>> = Vec::new();
     let mut bytes = 0;
