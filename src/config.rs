@@ -27,7 +27,7 @@ fn invalid(var: &'static str, problem: impl ToString) -> ConfigError {
 /// when the database is a PostgreSQL on this machine. Each signup and consume statement
 /// runs in one PostgreSQL backend, the serial part of the path, and a worker of ours on
 /// every core takes CPU from it (README: Performance, measured on 2 cores: one worker did
-/// 2–19% more signups per second). SQLite runs inside the process; a remote database does
+/// as many to 21% more signups per second, and 4–18% more consumes). SQLite runs inside the process; a remote database does
 /// not compete for the cores.
 pub fn default_worker_threads(database: Option<&DatabaseUrl>, cores: usize) -> usize {
     let cores = cores.max(1);
