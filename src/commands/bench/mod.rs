@@ -147,19 +147,29 @@ fn signup_requests(
     })
 }
 
-fn consume_requests(origin: &url::Url, api_key: String, run: String, users: usize) -> MakeRequest {
-    let base = format!("{}v1/users/", origin.as_str());
+/// Each user's consume URL is parsed once here, not per request.
+fn consume_requests(
+    origin: &reqwest::Url,
+    api_key: String,
+    run: String,
+    users: usize,
+) -> anyhow::Result<MakeRequest> {
+    let urls = (0..users)
+        .map(|u| {
+            let path = format!("v1/users/{}/credits/consume", bench_clerk_id(&run, u));
+            origin.join(&path).context("--url")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let auth = value(format!("Bearer {api_key}"));
-    Arc::new(move |client, i| {
-        let url = format!("{base}{}/credits/consume", bench_clerk_id(&run, i % users));
+    Ok(Arc::new(move |client, i| {
         client
-            .post(url)
+            .post(urls[i % urls.len()].clone())
             .header(AUTHORIZATION, auth.clone())
             .header(CONTENT_TYPE, JSON)
             .body(format!(
                 r#"{{"amount":1,"idempotencyKey":"bench{run}x{i}"}}"#
             ))
-    })
+    }))
 }
 
 async fn send(request: reqwest::RequestBuilder) -> Sample {
@@ -326,7 +336,7 @@ pub async fn run(plan: BenchPlan) -> anyhow::Result<BenchReport> {
                 "{failed} of {users} bench users could not sign up"
             );
             (
-                consume_requests(&origin, api_key, run_id.clone(), users),
+                consume_requests(&origin, api_key, run_id.clone(), users)?,
                 users,
             )
         }
