@@ -328,6 +328,11 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Peer::Service, requires = "print_pgbench_script")]
     pub peer: Peer,
 
+    /// With --print-pgbench-script, the service's signup statement: this many new users
+    /// per statement (1 to 64), as the service sends webhooks that waited together.
+    #[arg(long, default_value_t = 1, requires = "print_pgbench_script")]
+    pub batch: u32,
+
     /// Print the SQL that creates the users the consume pgbench script spends from, then
     /// exit.
     #[arg(long)]

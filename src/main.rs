@@ -255,10 +255,21 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use clerk_sync::cli::Peer;
     use clerk_sync::commands::bench::{self as b, Scenario};
     if args.print_pgbench_script {
+        if args.batch != 1 && (args.scenario, args.peer) != (Scenario::Signup, Peer::Service) {
+            anyhow::bail!(
+                "--batch is for the service's signup statement: use it with --scenario signup and --peer service"
+            );
+        }
+        anyhow::ensure!(
+            (1..=b::PGBENCH_MAX_BATCH).contains(&args.batch),
+            "--batch {} is out of range: the signup queue sends 1 to {} users per statement",
+            args.batch,
+            b::PGBENCH_MAX_BATCH
+        );
         print!(
             "{}",
             match (args.scenario, args.peer) {
-                (Scenario::Signup, Peer::Service) => b::pgbench_signup_script(),
+                (Scenario::Signup, Peer::Service) => b::pgbench_signup_script(args.batch),
                 (Scenario::Signup, Peer::Plain) => b::pgbench_plain_signup_script(),
                 (Scenario::Consume, Peer::Service) => b::pgbench_consume_script(),
                 (Scenario::Consume, Peer::Plain) => {

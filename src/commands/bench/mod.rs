@@ -26,7 +26,7 @@ use crate::webhooks::{sign, WebhookSecret};
 pub use crate::cli::Scenario;
 pub use pgbench::{
     pgbench_consume_script, pgbench_consume_setup, pgbench_plain_signup_script,
-    pgbench_signup_script, PGBENCH_CONSUME_USERS,
+    pgbench_signup_script, PGBENCH_CONSUME_USERS, PGBENCH_MAX_BATCH,
 };
 
 pub mod delay_proxy;
