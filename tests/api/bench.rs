@@ -195,28 +195,7 @@ mod a_batched_signup_script_signs_up_each_user_of_the_batch {
 
         run_pgbench(&script, &db.url).await;
 
-        let store = db.store().await;
-        let users = users(&store).await;
-        assert_eq!(users.len(), 320);
-        assert!(users.iter().all(|u| (u.available, u.used) == (20, 0)));
-        let rows = ledger(&store).await;
-        assert_eq!(rows.len(), 320);
-        for u in &users {
-            let key = format!("signup:{}", u.clerk_id);
-            assert_eq!(
-                rows.iter()
-                    .filter(|r| r.user_id.as_ref() == Some(&u.id))
-                    .map(|r| r.idempotency_key.as_deref())
-                    .collect::<Vec<_>>(),
-                [Some(key.as_str())]
-            );
-        }
-        assert_eq!(jobs(&store).await.len(), 320);
-        let events = events(&store).await;
-        assert_eq!(events.len(), 320);
-        assert!(events
-            .iter()
-            .all(|e| e.processed && e.status.as_deref() == Some("processed")));
+        assert_each_signed_up_once(&db.store().await, 320).await;
     }
 }
 
@@ -265,6 +244,32 @@ fn print_pgbench_script_takes_a_batch_the_signup_queue_could_send() {
     );
 }
 
+/// The database holds `n` users, each signed up once as the service does it: the signup
+/// credits, one bonus row of 20 with the balance after it, one outbox job and one processed
+/// event per user.
+async fn assert_each_signed_up_once(store: &clerk_sync::store::Store, n: usize) {
+    let users = users(store).await;
+    assert_eq!(users.len(), n);
+    assert!(users.iter().all(|u| (u.available, u.used) == (20, 0)));
+    let rows = ledger(store).await;
+    assert_eq!(rows.len(), n);
+    for u in &users {
+        let key = format!("signup:{}", u.clerk_id);
+        let own: Vec<_> = rows
+            .iter()
+            .filter(|r| r.user_id.as_ref() == Some(&u.id))
+            .map(|r| (r.idempotency_key.as_deref(), r.amount, r.balance_after))
+            .collect();
+        assert_eq!(own, [(Some(key.as_str()), Some(20), Some(20))]);
+    }
+    assert_eq!(jobs(store).await.len(), n);
+    let events = events(store).await;
+    assert_eq!(events.len(), n);
+    assert!(events
+        .iter()
+        .all(|e| e.processed && e.status.as_deref() == Some("processed")));
+}
+
 /// Run `script` under the real pgbench: 2 clients, 20 transactions each.
 async fn run_pgbench(script: &str, url: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -298,33 +303,7 @@ mod the_plain_signup_peer_signs_users_up_under_pgbench {
 
         run_pgbench(&script, &db.url).await;
 
-        let store = db.store().await;
-        let users = users(&store).await;
-        assert_eq!(users.len(), 40);
-        assert!(users.iter().all(|u| (u.available, u.used) == (20, 0)));
-        let rows = ledger(&store).await;
-        assert_eq!(rows.len(), 40);
-        for u in &users {
-            let key = format!("signup:{}", u.clerk_id);
-            let bonus = rows
-                .iter()
-                .find(|r| r.user_id.as_ref() == Some(&u.id))
-                .unwrap();
-            assert_eq!(
-                (
-                    bonus.idempotency_key.as_deref(),
-                    bonus.amount,
-                    bonus.balance_after
-                ),
-                (Some(key.as_str()), Some(20), Some(20))
-            );
-        }
-        assert_eq!(jobs(&store).await.len(), 40);
-        let events = events(&store).await;
-        assert_eq!(events.len(), 40);
-        assert!(events
-            .iter()
-            .all(|e| e.processed && e.status.as_deref() == Some("processed")));
+        assert_each_signed_up_once(&db.store().await, 40).await;
     }
 }
 
