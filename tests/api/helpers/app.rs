@@ -23,6 +23,8 @@ pub struct AppOptions {
     pub secret: String,
     /// Overrides `DATABASE_URL` (e.g. to go through a proxy that can be cut).
     pub database_url: Option<String>,
+    /// `DIRECT_URL`: where migrations run when `database_url` is a pooler.
+    pub direct_url: Option<String>,
     pub api_keys: String,
     /// `RECONCILE_INTERVAL`; unset: no reconcile inside serve.
     pub reconcile_interval: Option<String>,
@@ -32,6 +34,8 @@ pub struct AppOptions {
     pub shutdown_drain_ms: Option<u64>,
     /// `CLERK_SYNC_ADMIN_KEYS`: the console's keys.
     pub admin_keys: String,
+    /// `OUTBOX_RATE_PER_SECOND`; unset: the default.
+    pub outbox_rate_per_second: Option<u32>,
 }
 
 impl Default for AppOptions {
@@ -43,12 +47,14 @@ impl Default for AppOptions {
             transaction_timeout_ms: 5000,
             secret: SECRET.to_owned(),
             database_url: None,
+            direct_url: None,
             api_keys: format!("{API_KEY},{API_KEY_2}"),
             reconcile_interval: None,
             header_read_timeout_ms: None,
             max_connections: None,
             shutdown_drain_ms: None,
             admin_keys: ADMIN_KEY.to_owned(),
+            outbox_rate_per_second: None,
         }
     }
 }
@@ -89,6 +95,9 @@ pub fn config_for(db: &TestDb, opts: &AppOptions) -> Config {
     if let Some(k) = &opts.clerk_secret_key {
         argv.extend(["--clerk-secret-key", k]);
     }
+    if let Some(u) = &opts.direct_url {
+        argv.extend(["--direct-url", u]);
+    }
     let limits = [
         (
             "--header-read-timeout-ms",
@@ -103,6 +112,10 @@ pub fn config_for(db: &TestDb, opts: &AppOptions) -> Config {
             opts.shutdown_drain_ms.map(|v| v.to_string()),
         ),
         ("--reconcile-interval", opts.reconcile_interval.clone()),
+        (
+            "--outbox-rate-per-second",
+            opts.outbox_rate_per_second.map(|v| v.to_string()),
+        ),
     ];
     for (flag, value) in &limits {
         if let Some(value) = value {
