@@ -263,6 +263,12 @@ pub struct PrismaSchemaArgs {
     #[arg(long, requires = "schema", conflicts_with = "migration")]
     pub write: bool,
 
+    /// With --schema: exit 1 and list what the models lack when `prisma migrate dev` from
+    /// that file would drop a column, index or default clerk-sync needs; exit 0 when
+    /// complete. For the app's CI, before a migration is generated or deployed.
+    #[arg(long, requires = "schema", conflicts_with_all = ["migration", "write"])]
+    pub check: bool,
+
     /// Print the SQL migration for prisma/migrations/<timestamp>_clerk_sync/migration.sql
     /// instead: every statement idempotent, so either order of `prisma migrate deploy` and
     /// `clerk-sync migrate` works.
@@ -466,6 +472,12 @@ pub struct ServeArgs {
     /// before the connections still open are closed.
     #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 10_000)]
     pub shutdown_drain_ms: u64,
+    /// How often the live schema is checked against what the service needs, in
+    /// milliseconds (also at once when a statement finds a piece missing); while it
+    /// lacks one, /readyz and writes answer 503.
+    #[arg(long, env = "SCHEMA_CHECK_INTERVAL_MS", default_value_t = 15_000)]
+    pub schema_check_interval_ms: u64,
+
     /// Clerk metadata updates delivered at once by the outbox.
     #[arg(long, env = "OUTBOX_CONCURRENCY", default_value_t = 8)]
     pub outbox_concurrency: usize,

@@ -121,6 +121,8 @@ pub struct Config {
     pub run_worker: bool,
     /// Connection timeouts and limits of the HTTP server.
     pub server: ServerSettings,
+    /// How often `schema_watch` checks the live schema (`SCHEMA_CHECK_INTERVAL_MS`).
+    pub schema_check_interval: Duration,
 }
 
 impl Config {
@@ -201,6 +203,15 @@ impl Config {
             signup_credits: args.signup_credits,
             run_worker: true,
             server: server_settings(args)?,
+            schema_check_interval: match args.schema_check_interval_ms {
+                ms @ 100..=3_600_000 => Duration::from_millis(ms),
+                _ => {
+                    return Err(invalid(
+                        "SCHEMA_CHECK_INTERVAL_MS",
+                        "must be between 100 and 3600000",
+                    ))
+                }
+            },
         })
     }
 }

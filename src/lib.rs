@@ -12,6 +12,7 @@
 //!   outbox/            mod.rs decides; postgres.rs is the ONE statement; stepwise.rs the
 //!                      same steps one at a time (SQLite); statements.rs the shared SQL
 //! webhooks/ domain/  Svix verification, Clerk payloads, types that parse (ledger enums)
+//! schema_watch       the live schema checked against what the service needs (readiness)
 //! store/             the pools, StoreTx, error classification, migrations, and
 //!                    tables.rs (each written table's column list, once), TextEnum
 //! ```
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod reconcile;
 pub mod replay;
+pub mod schema_watch;
 pub mod signup;
 pub mod startup;
 pub mod store;

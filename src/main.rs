@@ -199,6 +199,25 @@ fn prisma_schema(args: PrismaSchemaArgs) -> anyhow::Result<()> {
         None => None,
     };
     match (&args.schema, schema) {
+        (Some(path), Some(text)) if args.check => {
+            let lacking = ps::lacking(&text)?;
+            if lacking.is_empty() {
+                eprintln!("{}: declares everything clerk-sync needs", path.display());
+            } else {
+                eprintln!(
+                    "{}: `prisma migrate dev` from this schema would drop what clerk-sync needs; its models lack:",
+                    path.display()
+                );
+                for (model, line) in &lacking {
+                    eprintln!("  model {model}: {line}");
+                }
+                eprintln!(
+                    "Add them with `clerk-sync prisma-schema --schema {} --write`.",
+                    path.display()
+                );
+                std::process::exit(1);
+            }
+        }
         (Some(path), Some(text)) if args.write => {
             let updated = ps::apply(&text)?;
             if updated == text {

@@ -77,6 +77,8 @@ pub struct Metrics {
     pub reconcile_passes: Family<OutcomeLabel, Counter>,
     /// Unix time of the last reconcile pass that finished.
     pub reconcile_last_success: Gauge,
+    /// 1 while the live schema lacks something the service needs (`schema_watch`), else 0.
+    pub schema_drift: Gauge,
     /// Time from a webhook's arrival to its answer, by type and outcome.
     pub webhook_duration: Family<WebhookLabels, Histogram>,
     /// Users created by a `user.created` (or an early update) webhook.
@@ -134,6 +136,12 @@ impl Default for Metrics {
         let reconciled_users = Family::<OutcomeLabel, Counter>::default();
         let reconcile_passes = Family::<OutcomeLabel, Counter>::default();
         let reconcile_last_success = Gauge::default();
+        let schema_drift = Gauge::default();
+        registry.register(
+            "schema_drift",
+            "1 while the database schema lacks a table, column, unique index or trigger the service needs (readiness answers 503), else 0",
+            schema_drift.clone(),
+        );
         registry.register(
             "reconciled_users",
             "Clerk users seen by reconcile passes inside serve, by outcome",
@@ -301,6 +309,7 @@ impl Default for Metrics {
             reconciled_users,
             reconcile_passes,
             reconcile_last_success,
+            schema_drift,
             webhook_duration,
             signups_created,
             credits_consumed,

@@ -157,6 +157,17 @@ impl Application {
             ),
             Store::Sqlite(_) => (None, None),
         };
+        // The schema as it is now, before the first request: readiness and writes are
+        // right from the start. Then `schema_watch::run` keeps it current.
+        let schema = crate::schema_watch::SchemaWatch::new(config.schema_check_interval);
+        match crate::schema_watch::check(&store).await {
+            Ok(found) => {
+                schema.apply(found, &metrics);
+            }
+            Err(e) => {
+                warn!(error.message = %e, "the first schema check could not run; it runs again shortly")
+            }
+        }
         let state = AppStateInner {
             store,
             webhook_secrets: config.webhook_secrets.clone().into(),
@@ -171,6 +182,7 @@ impl Application {
             observer: None,
             console: crate::http::console::ConsoleKeys::new(&config.admin_keys),
             diagnose: None,
+            schema,
         };
         Ok(Self {
             listener,
@@ -230,12 +242,19 @@ impl Application {
             }
             _ => None,
         };
+        let schema_watch = tokio::spawn(crate::schema_watch::run(
+            self.state.store.clone(),
+            self.state.schema.clone(),
+            self.state.metrics.clone(),
+            shutdown.clone(),
+        ));
         info!(address = %self.listener.local_addr()?, "listening");
         let metrics = self.state.metrics.clone();
         let app = router(AppState::new(self.state));
         let served =
             server::serve(self.listener, app, self.server, metrics, shutdown.clone()).await;
         shutdown.cancel();
+        let _ = schema_watch.await;
         if let Some(reconcile) = reconcile {
             let _ = reconcile.await;
         }

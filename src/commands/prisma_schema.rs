@@ -182,6 +182,25 @@ pub fn render(schema: Option<&str>) -> Result<String, PrismaSchemaError> {
     Ok(s)
 }
 
+/// What the app's models lack, as (model, line to add): empty when `prisma migrate dev`
+/// from this schema would keep every column, index and default clerk-sync needs.
+pub fn lacking(schema: &str) -> Result<Vec<(&'static str, String)>, PrismaSchemaError> {
+    let models = parse_models(schema)?;
+    let mut out = Vec::new();
+    for model in MODELS {
+        let existing = models
+            .iter()
+            .find(|m| m.name == model)
+            .ok_or(PrismaSchemaError::MissingModel(model))?;
+        out.extend(
+            lines_for(model, Some(existing))
+                .into_iter()
+                .map(|l| (model, l)),
+        );
+    }
+    Ok(out)
+}
+
 /// The app's schema with clerk-sync's fields and attributes added to its models.
 pub fn apply(schema: &str) -> Result<String, PrismaSchemaError> {
     let models = parse_models(schema)?;
@@ -359,6 +378,17 @@ mod tests {
             "the line is replaced, not duplicated"
         );
         assert_eq!(user.body.len(), 2);
+    }
+
+    #[test]
+    fn the_check_lists_what_is_lacking_until_written() {
+        let missing = lacking(SEED).unwrap();
+        assert!(missing.contains(&("WebhookEvent", COLUMNS[3].prisma.to_owned())));
+        assert!(missing
+            .iter()
+            .any(|(m, l)| *m == "Transaction" && l == "@@unique([userId, idempotencyKey])"));
+        assert!(!missing.iter().any(|(_, l)| l.starts_with("status ")));
+        assert_eq!(lacking(&apply(SEED).unwrap()).unwrap(), vec![]);
     }
 
     #[test]

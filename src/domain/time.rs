@@ -5,7 +5,12 @@ use chrono::NaiveDateTime;
 
 /// `serialize_with` for a UTC [`NaiveDateTime`]: `2026-11-30T02:26:25.409Z`.
 pub fn rfc3339_utc<S: serde::Serializer>(t: &NaiveDateTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&t.and_utc().format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+    s.collect_str(&rfc3339_millis(*t))
+}
+
+/// A UTC [`NaiveDateTime`] as the API writes it: `2026-11-30T02:26:25.409Z`.
+pub fn rfc3339_millis(t: NaiveDateTime) -> String {
+    t.and_utc().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 #[cfg(test)]

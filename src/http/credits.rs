@@ -95,6 +95,7 @@ async fn movement(
     p: Parsed,
 ) -> Result<Json<Movement>, ApiError> {
     let id = clerk_id(raw_id)?;
+    state.writable()?;
     let request = MovementRequest {
         change,
         amount: p.amount,

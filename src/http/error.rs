@@ -37,6 +37,9 @@ pub enum ApiError {
     Credits(Refusal),
     #[error("the database is unavailable; retry later")]
     Unavailable(#[source] StoreError),
+    /// The live schema lacks what the write needs (`schema_watch`); names the pieces.
+    #[error("the database schema lacks what this write needs; retry once it is restored (see /readyz): {0}")]
+    SchemaDrift(String),
     /// The schema refused a write: named (table, column or constraint, hint), never the
     /// SQL or the values.
     #[error("{0}")]
@@ -68,6 +71,13 @@ pub fn error_chain_fmt(
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
+            StoreError::Schema(cause) => {
+                // The schema watch logs the episode once; each request only at debug.
+                tracing::debug!(error.message = %cause, "statement failed for want of a piece of the schema");
+                Self::SchemaDrift(
+                    "a statement named a table, column or index the database lacks".into(),
+                )
+            }
             e if e.is_retryable() => Self::Unavailable(e),
             StoreError::Constraint(v) => Self::Constraint(v),
             e => Self::Internal(e),
@@ -108,7 +118,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Self::Credits(Refusal::Clerk(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::SchemaDrift(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) | Self::Constraint(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -135,6 +145,7 @@ impl ApiError {
             Self::Credits(Refusal::Clerk(_)) => "clerk_unavailable",
             Self::Credits(Refusal::Unprovisionable(_)) => "unprovisionable_user",
             Self::Unavailable(_) => "database_unavailable",
+            Self::SchemaDrift(_) => "schema_drift",
             Self::Constraint(_) => "constraint_violation",
             Self::Internal(_) => "internal_error",
         }
@@ -144,7 +155,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if let Self::SchemaDrift(_) = self {
+            // Logged once per episode by the schema watch, not per request.
+            tracing::debug!(error.code = self.code(), error.message = %self, "request refused");
+        } else if status.is_server_error() {
             tracing::error!(error.cause_chain = ?self, error.message = %self, "request failed");
         } else {
             tracing::info!(error.code = self.code(), error.message = %self, "request refused");

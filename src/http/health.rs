@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers) and `/readyz` (database reachable, migrations current).
+//! `/healthz` (the process answers) and `/readyz` (database reachable, migrations
+//! current, the live schema whole: `schema_watch`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,7 +14,7 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The database is reachable and the migrations are current.
+/// The database is reachable, the migrations are current, and the schema is whole.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "Ready, with a per-component report"),
     (status = 503, description = "Not ready, with a per-component report"),
@@ -39,7 +40,18 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         Ok(pending) => (false, json!({"status": "pending", "pending": pending})),
         Err(message) => (false, json!({"status": "error", "message": message})),
     };
-    let ready = database.is_ok() && migrations_ok;
+    let drift = state.schema.drift();
+    let schema_report = match &drift {
+        None => json!({"status": "ok"}),
+        Some(d) => json!({
+            "status": "drift",
+            "missing": d.missing,
+            "lastWholeAt": d.last_whole_at,
+            "prismaMigrations": d.prisma_migrations,
+            "fix": "run `clerk-sync diagnose --fix` (or the SQL of each piece), or fix the app's migration; readiness returns within one check interval",
+        }),
+    };
+    let ready = database.is_ok() && migrations_ok && drift.is_none();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -51,6 +63,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             "status": if ready { "ready" } else { "not_ready" },
             "database": db_report,
             "migrations": migrations_report,
+            "schema": schema_report,
         })),
     )
 }

@@ -71,6 +71,20 @@ pub struct AppStateInner {
     pub console: Option<console::ConsoleKeys>,
     /// The console's Health page runs this for the `diagnose` report.
     pub diagnose: Option<console::DiagnoseReport>,
+    /// What the live schema lacks, if anything: writes and `/readyz` answer 503 meanwhile.
+    pub schema: crate::schema_watch::SchemaWatch,
+}
+
+impl AppStateInner {
+    /// Refuse a write while the schema lacks what the service needs (503 `schema_drift`):
+    /// a write whose guarantee rests on a missing unique index could double, and one that
+    /// names a missing column fails anyway.
+    pub fn writable(&self) -> Result<(), ApiError> {
+        match self.schema.drift() {
+            Some(drift) if drift.blocks_writes() => Err(ApiError::SchemaDrift(drift.summary())),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;

@@ -35,7 +35,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
         (status = 401, body = ErrorBody, description = "Signature invalid or timestamp outside ±5 minutes"),
         (status = 413, body = ErrorBody),
         (status = 500, body = ErrorBody, description = "The schema refused the write (`constraint_violation`); Svix retries"),
-        (status = 503, body = ErrorBody, description = "Database unavailable; Svix retries"),
+        (status = 503, body = ErrorBody, description = "Database unavailable (`database_unavailable`), or its schema lacks what the service needs (`schema_drift`, see /readyz); Svix retries"),
     )
 )]
 #[instrument(name = "clerk_webhook", skip_all, fields(svix_id))]
@@ -151,6 +151,7 @@ async fn handle(
     tracing::Span::current().record("svix_id", signature.msg_id().as_str());
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
     let hook = signature.verify(&state.webhook_secrets, bytes, (state.clock)())?;
+    state.writable()?;
     // Parsed once, here: the type labels the latency histogram; the Clerk id is read for
     // an observer only.
     let envelope = parse_envelope(hook.body());

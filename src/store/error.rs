@@ -20,6 +20,11 @@ pub enum StoreError {
     /// A constraint refused the write.
     #[error("{0}")]
     Constraint(ConstraintViolation),
+    /// The statement needs a table, column, index or type the live schema lacks (it
+    /// drifted under the service: `schema_watch`); a retry succeeds once it is
+    /// whole again (HTTP 503 `schema_drift`).
+    #[error("the database schema lacks what the statement needs")]
+    Schema(#[source] DriverError),
     #[error("migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The database's layout forbids the operation (migrations, reverts); the message says
@@ -33,8 +38,40 @@ pub enum StoreError {
 impl StoreError {
     /// Whether Svix (or any caller) should retry: answered with 503.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Timeout(_))
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::Timeout(_) | Self::Schema(_)
+        )
     }
+
+    /// A [`StoreError::Schema`], and a prompt for the schema watch to check at once.
+    pub(super) fn schema_drift(e: DriverError) -> Self {
+        super::contract::alarm();
+        Self::Schema(e)
+    }
+}
+
+/// PostgreSQL SQLSTATEs that mean the schema lacks what a statement names: the table,
+/// column, index or function is gone, or a column's type no longer takes the value.
+fn pg_code_is_schema(code: &str) -> bool {
+    matches!(
+        code,
+        "42703" // undefined_column
+            | "42P01" // undefined_table
+            | "42704" // undefined_object
+            | "42883" // undefined_function
+            | "42P10" // invalid_column_reference: ON CONFLICT names no unique index
+            | "42804" // datatype_mismatch: a column's type changed
+    )
+}
+
+/// SQLite reports a missing table, column or unique index only as SQLITE_ERROR with a
+/// message; these are its words for them.
+pub(super) fn sqlite_message_is_schema(message: &str) -> bool {
+    message.starts_with("no such table")
+        || message.starts_with("no such column")
+        || message.contains("has no column named")
+        || message.contains("does not match any PRIMARY KEY or UNIQUE constraint")
 }
 
 /// A constraint failure named well enough to act on: the table, the column or
@@ -177,6 +214,9 @@ impl From<sqlx::Error> for StoreError {
                     if pg_code_is_transient(pg.code()) {
                         return Self::Unavailable(Box::new(e));
                     }
+                    if pg_code_is_schema(pg.code()) {
+                        return Self::schema_drift(Box::new(e));
+                    }
                     if let Some(kind) = constraint_kind(db.kind()) {
                         return Self::Constraint(ConstraintViolation::new(
                             kind,
@@ -196,9 +236,14 @@ impl From<sqlx::Error> for StoreError {
                         let (table, target) = sqlite_target(db.message());
                         return Self::Constraint(ConstraintViolation::new(kind, table, target));
                     }
+                    if sqlite_message_is_schema(db.message()) {
+                        return Self::schema_drift(Box::new(e));
+                    }
                 }
                 Self::Other(Box::new(e))
             }
+            // A column whose type changed under the service no longer decodes.
+            sqlx::Error::ColumnDecode { .. } => Self::schema_drift(Box::new(e)),
             _ => Self::Other(Box::new(e)),
         }
     }

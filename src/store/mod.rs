@@ -6,6 +6,7 @@
 
 pub mod batch_queue;
 pub mod connect;
+pub mod contract;
 mod error;
 pub mod migrations;
 pub mod sqlite_writer;

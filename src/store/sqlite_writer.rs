@@ -278,6 +278,15 @@ impl From<rusqlite::Error> for StoreError {
             if let Some(violation) = sqlite_constraint(failure.extended_code, message.as_deref()) {
                 return Self::Constraint(violation);
             }
+            if message
+                .as_deref()
+                .is_some_and(super::error::sqlite_message_is_schema)
+            {
+                return Self::schema_drift(Box::new(e));
+            }
+        }
+        if let rusqlite::Error::InvalidColumnType(..) = &e {
+            return Self::schema_drift(Box::new(e));
         }
         Self::Other(Box::new(e))
     }

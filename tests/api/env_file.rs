@@ -36,7 +36,7 @@ async fn dot_env_names_the_database_and_the_environment_wins(backend: Backend) {
     let (ok, out, err) = migrate_in(dir.path(), &[]);
     assert!(ok, "{out}{err}");
     assert!(out.contains(&database_name), "{out}");
-    assert!(out.contains("applied 7 migration(s)"), "{out}");
+    assert!(out.contains("applied 8 migration(s)"), "{out}");
     assert!(
         err.contains(".env: DATABASE_URL, CLERK_SECRET_KEY"),
         "which file, which variables: {err}"
@@ -47,7 +47,7 @@ async fn dot_env_names_the_database_and_the_environment_wins(backend: Backend) {
         "no SQLite database made in the default place"
     );
     let store = db.store().await;
-    assert_eq!(store.applied_migrations().await.unwrap().len(), 7);
+    assert_eq!(store.applied_migrations().await.unwrap().len(), 8);
 
     // The environment wins over the file.
     let other = dir.path().join("other.db");

@@ -30,6 +30,7 @@ mod prisma;
 mod reconcile;
 mod replay;
 mod revert;
+mod schema_drift;
 mod signature;
 mod signup;
 mod signup_concurrency;

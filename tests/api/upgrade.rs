@@ -273,7 +273,7 @@ async fn upgrade_from_the_previous_release_keeps_every_row_and_reverts(backend: 
     // Upgrade: every row of every table intact, clerk-sync's tables out of the app's schema.
     let (ok, out, err) = run(current(), &["migrate", "--database-url", &db.url]);
     assert!(ok, "{out}{err}");
-    assert!(out.contains("applied 3 migration(s) [5, 6, 7]"), "{out}");
+    assert!(out.contains("applied 4 migration(s) [5, 6, 7, 8]"), "{out}");
     assert_eq!(table_digests(&db, backend, true).await, before);
     if backend == Backend::Postgres {
         let store = db.store().await;
@@ -424,7 +424,7 @@ async fn upgrade_from_the_previous_release_keeps_every_row_and_reverts(backend: 
     // And the current release upgrades it again.
     let (ok, out, err) = run(current(), &["migrate", "--database-url", &db.url]);
     assert!(
-        ok && out.contains("applied 3 migration(s) [5, 6, 7]"),
+        ok && out.contains("applied 4 migration(s) [5, 6, 7, 8]"),
         "{out}{err}"
     );
     let store = db.store().await;

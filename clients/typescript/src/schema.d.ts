@@ -65,7 +65,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The database is reachable and the migrations are current. */
+        /** The database is reachable, the migrations are current, and the schema is whole. */
         get: operations["readyz"];
         put?: never;
         post?: never;
@@ -364,7 +364,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Database unavailable; Svix retries */
+            /** @description Database unavailable (`database_unavailable`), or its schema lacks what the service needs (`schema_drift`, see /readyz); Svix retries */
             503: {
                 headers: {
                     [name: string]: unknown;

@@ -3,7 +3,7 @@
 
 use super::*;
 
-pub(super) fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix> {
+pub(crate) fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix> {
     let table = schema::table(d.table);
     let pg = matches!(store, Store::Postgres(_));
     let name = schema::qualified(store, d.table);
@@ -17,13 +17,8 @@ pub(super) fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix
         (DriftKind::MissingTable, _) => sql(migration_statements(store, d.table), true),
         (DriftKind::MissingColumn(c), _) => {
             let col = schema::column(table, c);
-            let (if_not_exists, decl) = if pg {
-                ("IF NOT EXISTS ", col.pg_decl())
-            } else {
-                ("", col.sqlite_decl())
-            };
             sql(
-                format!("ALTER TABLE {name} ADD COLUMN {if_not_exists}{decl};"),
+                schema::restoring_sql(store, d)?,
                 col.nullable || col.default.is_some(),
             )
         }
@@ -67,30 +62,23 @@ pub(super) fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix
         (DriftKind::WrongType(_) | DriftKind::WrongNullability(_), false) => {
             sql(sqlite_rebuild(store, catalog, d.table), false)
         }
-        (DriftKind::MissingUnique(index), _) => {
+        (DriftKind::MissingUnique(index), _) if index.ends_with("_pkey") => {
             let cols = table
                 .unique
                 .iter()
                 .find(|(n, _)| n == index)
                 .map(|(_, c)| *c)
-                .unwrap_or_default();
-            let cols = cols
+                .unwrap_or_default()
                 .iter()
                 .map(|c| format!("\"{c}\""))
                 .collect::<Vec<_>>()
                 .join(", ");
-            if index.ends_with("_pkey") {
-                sql(
-                    format!("ALTER TABLE {name} ADD PRIMARY KEY ({cols});"),
-                    false,
-                )
-            } else {
-                sql(
-                    format!("CREATE UNIQUE INDEX IF NOT EXISTS \"{index}\" ON {name}({cols});"),
-                    true,
-                )
-            }
+            sql(
+                format!("ALTER TABLE {name} ADD PRIMARY KEY ({cols});"),
+                false,
+            )
         }
+        (DriftKind::MissingUnique(_), _) => sql(schema::restoring_sql(store, d)?, true),
     }
 }
 

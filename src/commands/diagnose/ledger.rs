@@ -74,30 +74,7 @@ pub(super) fn ledger_trigger_sql(store: &Store) -> Option<String> {
         .map(|m| m.sql.as_str().trim().to_owned())
 }
 
-pub(super) const LEDGER_TRIGGER: &str = "User_credits_ledger";
-
-pub(super) async fn ledger_trigger_exists(store: &Store) -> Result<bool, StoreError> {
-    const PG: &str = r#"
-SELECT EXISTS (SELECT 1 FROM pg_trigger
-               WHERE tgrelid = to_regclass('"User"') AND tgname = $1 AND tgenabled <> 'D')"#;
-    const LITE: &str =
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = $1)";
-    Ok(match store {
-        Store::Postgres(pg) => {
-            sqlx::query_scalar(PG)
-                .bind(LEDGER_TRIGGER)
-                .persistent(pg.prepared)
-                .fetch_one(&pg.pool)
-                .await?
-        }
-        Store::Sqlite(lite) => {
-            sqlx::query_scalar(LITE)
-                .bind(LEDGER_TRIGGER)
-                .fetch_one(&lite.pool)
-                .await?
-        }
-    })
-}
+pub(crate) use crate::store::contract::{ledger_trigger_exists, LEDGER_TRIGGER};
 
 /// Ledger rows of these users that another writer wrote without a balance (clerk-sync
 /// and its trigger always write `balanceAfter`): the likely rows that moved no column.

@@ -5,7 +5,6 @@
 
 mod fixes;
 mod ledger;
-pub mod schema;
 mod steps;
 
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use serde::Serialize;
 use sqlx::types::chrono::NaiveDateTime;
 
 use crate::signup::{self, insert_probe_user, Outcome, UPDATE_USER};
+pub use crate::store::contract as schema;
 use crate::store::{self, new_id, ConstraintKind, OwnTablesSql, Store, StoreError};
 use crate::webhooks::{sign, verify, WebhookSecret};
 use crate::{with_pool, with_tx};
@@ -136,6 +136,34 @@ pub struct Target {
     pub url: crate::store::DatabaseUrl,
 }
 
+/// The Prisma migrations that finished since the service last found the schema whole:
+/// the app's change that most likely dropped what is missing.
+async fn prisma_migrations_problem(store: &Store) -> Option<Problem> {
+    let since = crate::schema_watch::last_whole(store).await;
+    let migrations = crate::schema_watch::prisma_migrations_since(store, since).await;
+    if migrations.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = migrations
+        .iter()
+        .map(|m| format!("{} (finished {})", m.name, m.finished_at))
+        .collect();
+    let when = match since {
+        Some(t) => format!(
+            "since clerk-sync last found the schema whole ({})",
+            crate::domain::time::rfc3339_millis(t)
+        ),
+        None => "(clerk-sync never recorded the schema whole)".to_owned(),
+    };
+    Some(Problem {
+        what: format!(
+            "Prisma migrations applied {when}: {}; the app's schema.prisma likely lacks              clerk-sync's declarations (`clerk-sync prisma-schema --check --schema              prisma/schema.prisma`)",
+            names.join(", ")
+        ),
+        fix: None,
+    })
+}
+
 /// Run every step, in order, against the database.
 impl Target {
     pub fn for_url(url: &crate::store::DatabaseUrl) -> Self {
@@ -205,7 +233,11 @@ pub async fn run(store: &Store, target: &Target) -> Report {
             }],
         )
     } else if connected {
-        schema_step(store, &catalog, &drifts)
+        let mut step = schema_step(store, &catalog, &drifts);
+        if drifts.iter().any(schema::Drift::blocks_writes) {
+            step.problems.extend(prisma_migrations_problem(store).await);
+        }
+        step
     } else {
         skip("not connected")
     });

@@ -477,9 +477,10 @@ pub async fn health(
         Ok(()) => state.store.pending_migrations().await.ok(),
         Err(_) => None,
     };
-    let ready = reachable.is_ok() && pending.as_ref().is_some_and(Vec::is_empty);
+    let drift = state.schema.drift();
+    let ready = reachable.is_ok() && pending.as_ref().is_some_and(Vec::is_empty) && drift.is_none();
     let mut body = format!(
-        r#"<p class="card">Readiness: {} — database {}, migrations {}.</p>"#,
+        r#"<p class="card">Readiness: {} — database {}, migrations {}, schema {}.</p>"#,
         status(if ready { "ok" } else { "error" }),
         match &reachable {
             Ok(()) => format!("reachable ({})", state.store.backend_name()),
@@ -489,6 +490,13 @@ pub async fn health(
             Some(p) if p.is_empty() => "current".to_owned(),
             Some(p) => format!("pending {p:?}"),
             None => "not checked".to_owned(),
+        },
+        match &drift {
+            None => "whole".to_owned(),
+            Some(d) => format!(
+                "drifted: {} (writes answer 503 schema_drift; run clerk-sync diagnose --fix)",
+                esc(&d.summary())
+            ),
         }
     );
     if let Ok(backlog) = crate::outbox::backlog(&state.store).await {

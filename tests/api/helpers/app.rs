@@ -36,6 +36,8 @@ pub struct AppOptions {
     pub admin_keys: String,
     /// `OUTBOX_RATE_PER_SECOND`; unset: the default.
     pub outbox_rate_per_second: Option<u32>,
+    /// `SCHEMA_CHECK_INTERVAL_MS`; unset: the default.
+    pub schema_check_interval_ms: Option<u64>,
 }
 
 impl Default for AppOptions {
@@ -55,6 +57,7 @@ impl Default for AppOptions {
             shutdown_drain_ms: None,
             admin_keys: ADMIN_KEY.to_owned(),
             outbox_rate_per_second: None,
+            schema_check_interval_ms: None,
         }
     }
 }
@@ -115,6 +118,10 @@ pub fn config_for(db: &TestDb, opts: &AppOptions) -> Config {
         (
             "--outbox-rate-per-second",
             opts.outbox_rate_per_second.map(|v| v.to_string()),
+        ),
+        (
+            "--schema-check-interval-ms",
+            opts.schema_check_interval_ms.map(|v| v.to_string()),
         ),
     ];
     for (flag, value) in &limits {

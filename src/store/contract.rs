@@ -370,7 +370,10 @@ pub fn drift(store: &Store, catalog: &Catalog) -> Vec<Drift> {
             let type_ok = if sqlite {
                 c.ty.sqlite_accepts(&lc.declared)
             } else {
+                // A text column the app declared `@db.VarChar(n)` takes text as well.
                 lc.declared == c.ty.pg_catalog()
+                    || (c.ty == Ty::Text
+                        && matches!(lc.declared.as_str(), "character varying" | "character"))
             };
             if !type_ok {
                 out.push(Drift {
@@ -438,6 +441,22 @@ pub fn drift(store: &Store, catalog: &Catalog) -> Vec<Drift> {
         }
     }
     out
+}
+
+impl Drift {
+    /// Whether the service cannot do its job safely while this lasts: a table, column or
+    /// unique index it writes is gone, or a column's type no longer takes what it writes
+    /// or reads. A missing DEFAULT or a different nullability is reported by `diagnose`
+    /// but does not stop the service: it writes every column itself.
+    pub fn blocks_writes(&self) -> bool {
+        matches!(
+            self.kind,
+            DriftKind::MissingTable
+                | DriftKind::MissingColumn(_)
+                | DriftKind::WrongType(_)
+                | DriftKind::MissingUnique(_)
+        )
+    }
 }
 
 /// Columns the Prisma client fills itself and the database gives no default, named so
@@ -516,4 +535,85 @@ impl Column {
         }
         s
     }
+}
+
+/// The trigger that gives the app's direct balance changes a ledger row (migration 6).
+pub const LEDGER_TRIGGER: &str = "User_credits_ledger";
+
+pub async fn ledger_trigger_exists(store: &Store) -> Result<bool, StoreError> {
+    const PG: &str = r#"
+SELECT EXISTS (SELECT 1 FROM pg_trigger
+               WHERE tgrelid = to_regclass('"User"') AND tgname = $1 AND tgenabled <> 'D')"#;
+    const LITE: &str =
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = $1)";
+    Ok(match store {
+        Store::Postgres(pg) => {
+            sqlx::query_scalar(PG)
+                .bind(LEDGER_TRIGGER)
+                .persistent(pg.prepared)
+                .fetch_one(&pg.pool)
+                .await?
+        }
+        Store::Sqlite(lite) => {
+            sqlx::query_scalar(LITE)
+                .bind(LEDGER_TRIGGER)
+                .fetch_one(&lite.pool)
+                .await?
+        }
+    })
+}
+
+/// The SQL that adds back a missing column or unique index, as `diagnose --fix` runs it;
+/// `None` for what needs `diagnose` to work out (tables, types, primary keys).
+pub fn restoring_sql(store: &Store, d: &Drift) -> Option<String> {
+    let spec = table(d.table);
+    let name = qualified(store, d.table);
+    match d.kind {
+        DriftKind::MissingColumn(c) => {
+            let col = column(spec, c);
+            Some(match store {
+                Store::Postgres(_) => {
+                    format!(
+                        "ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {};",
+                        col.pg_decl()
+                    )
+                }
+                Store::Sqlite(_) => format!("ALTER TABLE {name} ADD COLUMN {};", col.sqlite_decl()),
+            })
+        }
+        DriftKind::MissingUnique(index) if !index.ends_with("_pkey") => {
+            let cols = spec
+                .unique
+                .iter()
+                .find(|(n, _)| *n == index)
+                .map(|(_, c)| *c)
+                .unwrap_or_default()
+                .iter()
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Some(format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS \"{index}\" ON {name}({cols});"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Statements that failed because the schema lacked what they named, counted
+/// process-wide; the schema watch checks at once when it moves.
+fn schema_errors() -> &'static tokio::sync::watch::Sender<u64> {
+    static ERRORS: std::sync::OnceLock<tokio::sync::watch::Sender<u64>> =
+        std::sync::OnceLock::new();
+    ERRORS.get_or_init(|| tokio::sync::watch::channel(0).0)
+}
+
+/// A statement failed for want of a table, column, index or type (`StoreError::Schema`).
+pub fn alarm() {
+    schema_errors().send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Wakes when [`alarm`] is called.
+pub fn alarms() -> tokio::sync::watch::Receiver<u64> {
+    schema_errors().subscribe()
 }

@@ -1,0 +1,2 @@
+-- Back to version 7: the time the schema was last whole goes.
+DROP TABLE IF EXISTS "SchemaWatch";
