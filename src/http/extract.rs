@@ -133,6 +133,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn integers_with_a_fraction_are_refused_however_close_to_whole() {
+        let parse = |text: &str| {
+            let mut de = serde_json::Deserializer::from_str(text);
+            integer(&mut de).ok()
+        };
+        assert_eq!(parse("27"), Some(27));
+        assert_eq!(parse("27.0"), Some(27));
+        assert_eq!(parse("1e3"), Some(1000));
+        // serde_json's default float parser rounded this to 1.0 (schemathesis found it:
+        // a grant of 0.9999999999999999 granted 1); `float_roundtrip` parses it exactly.
+        assert_eq!(parse("0.9999999999999999"), None);
+        assert_eq!(parse("27.5"), None);
+        assert_eq!(parse("\"27\""), None);
+    }
+
+    #[test]
     fn only_json_content_types_are_json() {
         let with = |v: &str| {
             let mut h = HeaderMap::new();
