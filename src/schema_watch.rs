@@ -33,6 +33,11 @@ use crate::store::{self, OwnTablesSql, Store, StoreError};
 /// `SCHEMA_CHECK_INTERVAL`'s default.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
 
+/// While something is missing, checks come at least this often: recovery is seen within
+/// a second, and a check that caught another writer mid-change (a table renamed, then
+/// rebuilt) corrects itself as fast.
+const RECHECK_WHILE_DRIFTED: Duration = Duration::from_secs(1);
+
 /// After a check that an alarm prompted, alarms wait this long: a burst of failing
 /// statements costs one check, not one each.
 const ALARM_SPACING: Duration = Duration::from_millis(500);
@@ -289,8 +294,10 @@ ORDER BY finished_at, migration_name"#;
     }
 }
 
-/// Check every `watch.interval()`, and soon after a statement fails for want of a piece
-/// of the schema, until `shutdown`.
+/// Check every `watch.interval()` (every second while something is missing), and soon
+/// after a statement fails for want of a piece of the schema, until `shutdown`. The
+/// alarm is process-wide: in a process with several stores (tests) a failure prompts a
+/// check of each, which costs a check and changes nothing.
 pub async fn run(
     store: Store,
     watch: SchemaWatch,
@@ -305,9 +312,13 @@ pub async fn run(
             }
             Err(e) => tracing::debug!(error.message = %e, "schema check could not run"),
         }
+        let next = match watch.drift() {
+            Some(_) => watch.interval().min(RECHECK_WHILE_DRIFTED),
+            None => watch.interval(),
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(watch.interval()) => {}
+            () = tokio::time::sleep(next) => {}
             changed = alarms.changed() => {
                 if changed.is_err() {
                     return;

@@ -244,12 +244,16 @@ pub(crate) fn sqlite_user_table_with(column: &str, declaration: &str) -> String 
         .collect();
     let names: Vec<String> = columns.iter().map(|(n, _)| format!("\"{n}\"")).collect();
     format!(
-        r#"CREATE TABLE "User_broken" ({});
+        // One transaction: a concurrent reader (the service's schema watch) sees the
+        // table before or after, never renamed away or without its indexes.
+        r#"BEGIN IMMEDIATE;
+CREATE TABLE "User_broken" ({});
 INSERT INTO "User_broken" ({cols}) SELECT {cols} FROM "User";
 DROP TABLE "User";
 ALTER TABLE "User_broken" RENAME TO "User";
 CREATE UNIQUE INDEX "User_clerkId_key" ON "User"("clerkId");
-CREATE UNIQUE INDEX "User_email_key" ON "User"("email");"#,
+CREATE UNIQUE INDEX "User_email_key" ON "User"("email");
+COMMIT;"#,
         decls.join(", "),
         cols = names.join(", ")
     )

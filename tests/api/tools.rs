@@ -16,7 +16,7 @@ both_backends!(
 
 async fn migrate_status_lists_applied_and_pending_and_changes_nothing(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let shipped = 7;
+    let shipped = 8;
 
     let (ok, out, err) = clerk_sync(&["migrate", "--status", "--database-url", &db.url]);
     assert!(!ok, "pending migrations exit 1: {out}");

@@ -379,7 +379,10 @@ async fn upgrade_from_the_previous_release_keeps_every_row_and_reverts(backend: 
         ],
     );
     assert!(ok, "{out}{err}");
-    assert!(out.contains("reverted 3 migration(s) [7, 6, 5]"), "{out}");
+    assert!(
+        out.contains("reverted 4 migration(s) [8, 7, 6, 5]"),
+        "{out}"
+    );
     assert_eq!(table_digests(&db, backend, false).await, upgraded);
     let (ok, out, err) = run(&previous, &["migrate", "--database-url", &db.url]);
     assert!(
