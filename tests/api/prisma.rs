@@ -293,3 +293,169 @@ async fn prisma_client_spends_directly_and_the_ledger_stays_true() {
     );
     assert_ledger_adds_up(&app.store).await;
 }
+
+/// Issue #30 with the real Prisma: the app committed clerk-sync's migration but its
+/// `schema.prisma` lacks clerk-sync's declarations, so the migration `prisma migrate dev`
+/// generates (the engine's diff from the migration history to the schema, as `migrate
+/// dev` computes it, applied by `migrate deploy`, which records it in
+/// `_prisma_migrations`) drops what clerk-sync writes. The running service reports the
+/// drift within one check interval and names that migration; `prisma-schema --check`
+/// fails on that schema and passes after `--write`; `diagnose --fix` makes it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prisma_migration_from_a_schema_without_clerk_syncs_fields_is_caught() {
+    let db = TestDb::new(Backend::Postgres).await;
+    // The project as the README's "clerk-sync first" steps leave it, but with the seed's
+    // schema.prisma as it was, without `prisma-schema --write`.
+    let dir = tempfile::Builder::new()
+        .prefix("project-")
+        .tempdir_in("tests/prisma")
+        .unwrap();
+    let schema = dir.path().join("schema.prisma");
+    std::fs::copy(SEED_SCHEMA, &schema).unwrap();
+    let migrations = dir.path().join("migrations");
+    std::fs::create_dir_all(migrations.join("0_init")).unwrap();
+    std::fs::write(
+        migrations.join("migration_lock.toml"),
+        "provider = \"postgresql\"\n",
+    )
+    .unwrap();
+    let init_sql = engine(
+        "diff",
+        json!({"url": db.url, "schema": schema, "from": "empty", "to": {"schema": schema}, "script": true}),
+    );
+    std::fs::write(
+        migrations.join("0_init/migration.sql"),
+        init_sql["stdout"].as_str().unwrap(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(migrations.join("1_clerk_sync")).unwrap();
+    std::fs::write(
+        migrations.join("1_clerk_sync/migration.sql"),
+        clerk_sync(&["prisma-schema", "--migration"]),
+    )
+    .unwrap();
+    let args = json!({"url": db.url, "schema": schema, "migrations": migrations});
+    clerk_sync(&["migrate", "--database-url", &db.url]);
+    let mut resolve = args.clone();
+    resolve["name"] = json!("0_init");
+    engine("resolveApplied", resolve);
+    let deployed = engine("deploy", args.clone());
+    assert_eq!(deployed["appliedMigrationNames"], json!(["1_clerk_sync"]));
+
+    let app = TestApp::spawn_with(
+        &db,
+        AppOptions {
+            schema_check_interval_ms: Some(300),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+
+    // `prisma-schema --check` would have stopped it in the app's CI.
+    let check = |schema: &Path| {
+        run_to_end(
+            std::process::Command::new(env!("CARGO_BIN_EXE_clerk-sync"))
+                .args(["prisma-schema", "--check", "--schema"])
+                .arg(schema),
+        )
+    };
+    let (ok, _, err) = check(&schema);
+    assert!(
+        !ok,
+        "--check passed a schema without clerk-sync's fields: {err}"
+    );
+    assert!(err.contains("model WebhookEvent: clerkId"), "{err}");
+    assert!(
+        err.contains("model Transaction: @@unique([userId, idempotencyKey])"),
+        "{err}"
+    );
+
+    // `prisma migrate dev`: it would create a migration (not reset), and that migration
+    // drops clerk-sync's columns and its idempotency index.
+    let dev = engine("devDiagnostic", args.clone());
+    assert_eq!(dev["action"]["tag"], "createMigration", "{dev}");
+    let mut diff = args.clone();
+    diff["from"] = json!({"migrations": migrations});
+    diff["to"] = json!({"schema": schema});
+    diff["script"] = json!(true);
+    let generated = engine("diff", diff);
+    let sql = generated["stdout"].as_str().unwrap();
+    assert!(sql.contains(r#"DROP COLUMN "clerkId""#), "{sql}");
+    assert!(
+        sql.contains(r#"DROP INDEX "Transaction_userId_idempotencyKey_key""#),
+        "{sql}"
+    );
+    let name = "20261208093000_tidy_models";
+    std::fs::create_dir_all(migrations.join(name)).unwrap();
+    std::fs::write(migrations.join(name).join("migration.sql"), sql).unwrap();
+    let deployed = engine("deploy", args.clone());
+    assert_eq!(deployed["appliedMigrationNames"], json!([name]));
+
+    // Within one interval the service is not ready, names what is gone and the migration.
+    let mut body = Value::Null;
+    for _ in 0..100 {
+        let r = app.get("/readyz").await;
+        if r.status() == 503 {
+            body = r.json().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(body["schema"]["status"], "drift", "{body:#}");
+    let whats: Vec<&str> = body["schema"]["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["what"].as_str().unwrap())
+        .collect();
+    assert!(
+        whats.contains(&r#""WebhookEvent"."clerkId" is missing"#),
+        "{whats:?}"
+    );
+    assert!(
+        whats.iter().any(|w| w.contains("(userId, idempotencyKey)")),
+        "{whats:?}"
+    );
+    let named: Vec<&str> = body["schema"]["prismaMigrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, vec![name], "{body:#}");
+    let (s, b) = status_json(
+        app.post_webhook("msg_after_prisma", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+    assert_eq!((s, b["error"].as_str()), (503, Some("schema_drift")), "{b}");
+
+    // The fix: clerk-sync restores its pieces; the app's schema gets the declarations.
+    clerk_sync(&["diagnose", "--fix", "--yes", "--database-url", &db.url]);
+    clerk_sync(&[
+        "prisma-schema",
+        "--schema",
+        schema.to_str().unwrap(),
+        "--write",
+    ]);
+    let (ok, _, err) = check(&schema);
+    assert!(ok, "--check still fails after --write: {err}");
+    let mut ready = false;
+    for _ in 0..100 {
+        if app.get("/readyz").await.status() == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "not ready again after diagnose --fix");
+    let (s, b) = status_json(
+        app.post_webhook("msg_after_prisma", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("processed")), "{b}");
+    assert_eq!(users(&app.store).await.len(), 1);
+    app.stop().await;
+}

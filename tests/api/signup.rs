@@ -304,10 +304,18 @@ async fn a_failure_mid_transaction_writes_nothing(backend: Backend) {
     // A table the statement names is gone: schema drift, retryable, never a 500.
     assert_eq!(s, 503, "{b}");
     assert_eq!(b["error"], "schema_drift");
-    assert!(
-        !b["message"].as_str().unwrap().contains("OutboxJob"),
-        "no SQL detail leaks: {b}"
-    );
+    // The message may name the missing table (once the schema watch has seen it), never
+    // the statement or the driver's words.
+    let message = b["message"].as_str().unwrap();
+    for leak in [
+        "INSERT",
+        "relation",
+        "no such table",
+        "does not exist",
+        "clerk_sync.",
+    ] {
+        assert!(!message.contains(leak), "no SQL detail leaks ({leak}): {b}");
+    }
     assert!(users(&app.store).await.is_empty());
     assert!(ledger(&app.store).await.is_empty());
     assert!(events(&app.store).await.is_empty());
