@@ -25,6 +25,13 @@ impl Change {
     /// `clerk_sync.writer`, set for this statement's transaction only, tells the ledger
     /// trigger on `"User"` (migration 6) that the ledger rows are written here.
     ///
+    /// The statement names that unique index as a `regclass` literal, resolved when the
+    /// statement is analysed: if another writer's migration dropped it, the statement
+    /// fails at once (42P01, `StoreError::Schema`, 503 `schema_drift`) instead of letting
+    /// two concurrent movements with one key both through. Dropping an index invalidates
+    /// the prepared plans of its table, so a cached statement is analysed again too. It
+    /// costs nothing at run time (a constant).
+    ///
     /// The arrays are read through a subquery with `OFFSET 0`, so the planner cannot see
     /// their lengths: a plan made for given arrays then costs what the generic plan costs,
     /// and PostgreSQL keeps the generic plan of the prepared statement instead of planning
@@ -57,6 +64,7 @@ moved AS (
     WHERE "User"."id" = req."userId" AND {allowed}
       AND NOT EXISTS (SELECT 1 FROM prior WHERE prior."n" = req."n")
       AND set_config('clerk_sync.writer', 'on', true) = 'on'
+      AND '"{key_index}"'::regclass IS NOT NULL
     RETURNING req."n", "User"."id",
               CAST("User"."availableGenerations" - "User"."usedGenerations" AS BIGINT) AS "balance"
 ),
@@ -74,6 +82,7 @@ SELECT req."userId" IS NOT NULL AS "known",
          WHERE u."id" = req."userId") AS "current"
 FROM req LEFT JOIN ins ON ins."id" = req."rowId" LEFT JOIN prior ON prior."n" = req."n"
 ORDER BY req."n""#,
+            key_index = KEY_INDEX,
             set = self.set.replace("{amount}", r#"req."amount""#),
             allowed = self.allowed.replace("{amount}", r#"req."amount""#)
         )

@@ -30,6 +30,13 @@ use crate::store::{PgStore, OWN_SCHEMA};
 ///   the returned id is the one we proposed, and only then are the `signup_bonus` row and
 ///   the outbox job written.
 ///
+/// Every unique index those decisions rest on is named by the statement, so that it
+/// fails (`StoreError::Schema`, 503 `schema_drift`) rather than decide without one when
+/// another writer's migration dropped it: the `ON CONFLICT` targets by their columns, and
+/// `"User_email_key"`, which only a concurrent insert would meet, as a `regclass` literal
+/// (resolved when the statement is analysed; dropping an index makes a cached plan be
+/// analysed again).
+///
 /// `handled` (a delivery already handled) and `taken` (the email address belongs to
 /// another Clerk user) are plain reads: they only keep a message that will change nothing
 /// from claiming the per-user row. They are scalar subqueries, not `EXISTS`, so that the
@@ -123,6 +130,7 @@ usr AS (
            0, $13, $11, $11
     FROM input i JOIN ev ON ev."eventId" = i."eventId"
     WHERE ev."status" = '{processed}'
+      AND '"User_email_key"'::regclass IS NOT NULL
     ORDER BY i."clerkId"
     ON CONFLICT ("clerkId") DO UPDATE SET
         "email" = excluded."email", "photo" = excluded."photo",

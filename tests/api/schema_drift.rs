@@ -18,6 +18,8 @@ both_backends!(
     a_dropped_idempotency_index_refuses_consumes_and_never_debits_twice,
     a_dropped_ledger_trigger_is_reported_and_reinstalled,
     a_failing_statement_prompts_the_check_at_once,
+    a_dropped_idempotency_index_never_lets_a_key_debit_twice_before_any_check,
+    a_dropped_email_index_refuses_signups_before_any_check,
 );
 
 /// Prisma's own migration history table, as `prisma migrate` creates it.
@@ -371,5 +373,158 @@ async fn a_failing_statement_prompts_the_check_at_once(backend: Backend) {
     assert_eq!(whats, vec![expected.to_owned()], "{body:#}");
     assert_eq!(metric(&app, "clerk_sync_schema_drift").await, 1.0);
     assert!(users(&app.store).await.is_empty());
+    app.stop().await;
+}
+
+/// The window between the app's migration and the next check: with checks an hour apart,
+/// a burst of duplicate consumes right after the unique index is dropped never debits a
+/// key twice. On PostgreSQL the movement statement names the index and fails without it
+/// (503 `schema_drift`, even on connections whose plan was cached before); SQLite's one
+/// writer applies movements one at a time, so the second of a key finds the first.
+async fn a_dropped_idempotency_index_never_lets_a_key_debit_twice_before_any_check(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let replicas = match backend {
+        Backend::Postgres => 2,
+        Backend::Sqlite => 1,
+    };
+    let mut apps = Vec::new();
+    for _ in 0..replicas {
+        apps.push(
+            TestApp::spawn_with(
+                &db,
+                AppOptions {
+                    schema_check_interval_ms: Some(3_600_000),
+                    ..AppOptions::default()
+                },
+            )
+            .await,
+        );
+    }
+    let (s, _) = status_json(
+        apps[0]
+            .post_webhook("msg_signup", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Warm every replica's statement (and its cached plan) first.
+    for (i, app) in apps.iter().enumerate() {
+        for k in 0..3 {
+            let (s, b) = app
+                .api(
+                    Method::POST,
+                    &format!("/v1/users/{CLERK_ID}/credits/consume"),
+                    Some(json!({"amount": 1, "idempotencyKey": format!("warm-{i}-{k}")})),
+                )
+                .await;
+            assert_eq!(s, 200, "{b}");
+        }
+    }
+    let warmed = 3 * replicas as i64;
+
+    db.exec(r#"DROP INDEX "Transaction_userId_idempotencyKey_key""#)
+        .await;
+    let sends: Vec<_> = (0..80)
+        .map(|i| {
+            let app = &apps[i % apps.len()];
+            tokio::spawn(
+                app.http
+                    .post(format!(
+                        "{}/v1/users/{CLERK_ID}/credits/consume",
+                        app.address
+                    ))
+                    .bearer_auth(API_KEY)
+                    .json(&json!({"amount": 1, "idempotencyKey": format!("race-{}", i % 10)}))
+                    .send(),
+            )
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for s in sends {
+        answers.push(status_json(s.await.unwrap().unwrap()).await);
+    }
+    let ledger = ledger(&apps[0].store).await;
+    for k in 0..10 {
+        let key = format!("race-{k}");
+        let rows = ledger
+            .iter()
+            .filter(|r| r.idempotency_key.as_deref() == Some(key.as_str()))
+            .count();
+        assert!(rows <= 1, "{key} debited {rows} times: {answers:?}");
+    }
+    let (balance, used, _) = apps[0].credits_of(CLERK_ID).await;
+    let debited = ledger
+        .iter()
+        .filter(|r| {
+            r.idempotency_key
+                .as_deref()
+                .is_some_and(|k| k.starts_with("race-"))
+        })
+        .count() as i64;
+    assert_eq!((used, balance), (warmed + debited, 20 - warmed - debited));
+    match backend {
+        Backend::Postgres => {
+            assert_eq!(debited, 0);
+            assert!(
+                answers
+                    .iter()
+                    .all(|(s, b)| *s == 503 && b["error"] == "schema_drift"),
+                "{answers:?}"
+            );
+            // The failing statements told the watch: readiness follows.
+            for app in &apps {
+                let body = readiness_until(app, 503).await;
+                assert!(
+                    missing_whats(&body)
+                        .iter()
+                        .any(|w| w.contains("(userId, idempotencyKey)")),
+                    "{body:#}"
+                );
+            }
+        }
+        Backend::Sqlite => assert!(answers.iter().all(|(s, _)| *s == 200 || *s == 503)),
+    }
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+/// Two users with one email address would need only two concurrent signups once
+/// `"User_email_key"` is gone: on PostgreSQL the signup statement names the index and
+/// refuses without it, before any check; SQLite's one writer decides by a read it alone
+/// writes after, so it goes on.
+async fn a_dropped_email_index_refuses_signups_before_any_check(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn_with(
+        &db,
+        AppOptions {
+            schema_check_interval_ms: Some(3_600_000),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let (s, _) = status_json(app.post_webhook("msg_a", &created_for("ada")).await).await;
+    assert_eq!(s, 200);
+    db.exec(r#"DROP INDEX "User_email_key""#).await;
+    let (s, b) = status_json(app.post_webhook("msg_b", &created_for("bob")).await).await;
+    match backend {
+        Backend::Postgres => {
+            assert_eq!((s, b["error"].as_str()), (503, Some("schema_drift")), "{b}");
+            assert_eq!(users(&app.store).await.len(), 1);
+            let body = readiness_until(&app, 503).await;
+            assert!(
+                missing_whats(&body)
+                    .iter()
+                    .any(|w| w.contains(r#""User"(email)"#)),
+                "{body:#}"
+            );
+        }
+        Backend::Sqlite => {
+            assert_eq!((s, b["status"].as_str()), (200, Some("processed")), "{b}");
+            assert_eq!(users(&app.store).await.len(), 2);
+        }
+    }
     app.stop().await;
 }
