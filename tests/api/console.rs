@@ -41,7 +41,7 @@ pub async fn log_in(app: &TestApp, https: bool) -> String {
 }
 
 /// The text of a console page, fetched with a session cookie.
-async fn page(app: &TestApp, session: &str, path: &str) -> String {
+pub(crate) async fn page(app: &TestApp, session: &str, path: &str) -> String {
     client()
         .get(format!("{}{path}", app.address))
         .header(COOKIE, session)

@@ -122,6 +122,12 @@ async fn a_dropped_column_is_named_refused_and_recovered_without_restart(backend
         );
     }
     assert_eq!(metric(&app, "clerk_sync_schema_drift").await, 1.0);
+    let session = crate::console::log_in(&app, false).await;
+    let health = crate::console::page(&app, &session, "/admin/health").await;
+    assert!(
+        health.contains("schema drifted:") && health.contains("clerkId"),
+        "the console's Health line: {health}"
+    );
 
     // A signed webhook is refused with a retryable 503, and nothing is written.
     let (s, b) = status_json(
@@ -177,6 +183,8 @@ async fn a_dropped_column_is_named_refused_and_recovered_without_restart(backend
     let ready = readiness_until(&app, 200).await;
     assert_eq!(ready["schema"]["status"], "ok");
     assert_eq!(metric(&app, "clerk_sync_schema_drift").await, 0.0);
+    let health = crate::console::page(&app, &session, "/admin/health").await;
+    assert!(health.contains("schema whole"), "{health}");
     for expected in ["processed", "duplicate"] {
         let (s, b) = status_json(
             app.post_webhook("msg_during_drift", &fixture("clerk-user-created.json"))
