@@ -19,6 +19,7 @@ pub fn sample_user_created(now_ms: i64) -> serde_json::Value {
                 "id": format!("idn_{suffix}"),
                 "email_address": format!("{suffix}@example.com"),
                 "object": "email_address",
+                "verification": {"status": "verified", "strategy": "email_code"},
             }],
             "primary_email_address_id": format!("idn_{suffix}"),
             "first_name": "Sample",

@@ -17,6 +17,10 @@ pub enum PayloadError {
     Field { field: String, problem: String },
     #[error("user has no email address")]
     NoEmail,
+    /// Addresses, none of them verified: an address belongs to one user only, so taking
+    /// an unverified one could refuse its real owner's signup later.
+    #[error("user has no verified email address")]
+    NoVerifiedEmail,
 }
 
 impl PayloadError {
@@ -112,6 +116,20 @@ pub struct UserProfile {
 struct RawEmail {
     id: Option<String>,
     email_address: String,
+    /// Clerk's verification object; `null` (as its SDK may give) counts as unverified.
+    #[serde(default)]
+    verification: Option<RawVerification>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawVerification {
+    status: Option<String>,
+}
+
+impl RawEmail {
+    fn verified(&self) -> bool {
+        self.verification.as_ref().and_then(|v| v.status.as_deref()) == Some("verified")
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +233,12 @@ pub fn profile_from_user(
 
 fn profile_from_raw(raw: RawUser, fallback_ms: Option<i64>) -> Result<UserProfile, PayloadError> {
     let clerk_id = ClerkUserId::parse(&raw.id).map_err(|e| PayloadError::field("data.id", e))?;
+    if raw.email_addresses.is_empty() {
+        return Err(PayloadError::NoEmail);
+    }
+    // The primary address when it is verified, else the first verified one; never an
+    // unverified address.
+    let verified = |e: &&RawEmail| e.verified();
     let primary = raw
         .primary_email_address_id
         .as_deref()
@@ -223,8 +247,9 @@ fn profile_from_raw(raw: RawUser, fallback_ms: Option<i64>) -> Result<UserProfil
                 .iter()
                 .find(|e| e.id.as_deref() == Some(pid))
         })
-        .or_else(|| raw.email_addresses.first())
-        .ok_or(PayloadError::NoEmail)?;
+        .filter(verified)
+        .or_else(|| raw.email_addresses.iter().find(verified))
+        .ok_or(PayloadError::NoVerifiedEmail)?;
     let email = EmailAddress::parse(&primary.email_address)
         .map_err(|e| PayloadError::field("data.email_addresses[].email_address", e))?;
     let clerk_updated_at = raw
@@ -282,6 +307,43 @@ mod tests {
         let p = env.user_profile().unwrap();
         assert_eq!(p.email.as_str(), "example.new@example.org");
         assert_eq!(p.clerk_updated_at, 1654012710000);
+    }
+
+    #[test]
+    fn an_unverified_address_is_never_the_email() {
+        let with = |primary: Option<&str>, emails: serde_json::Value| {
+            let mut user =
+                serde_json::from_slice::<serde_json::Value>(&fixture("clerk-user-created.json"))
+                    .unwrap()["data"]
+                    .clone();
+            user["primary_email_address_id"] = serde_json::json!(primary);
+            user["email_addresses"] = emails;
+            profile_from_user(&user, None).map(|p| p.email.as_str().to_owned())
+        };
+        let address = |id: &str, email: &str, status: Option<&str>| {
+            serde_json::json!({"id": id, "email_address": email,
+                "verification": status.map(|s| serde_json::json!({"status": s}))})
+        };
+        let unverified = address("e1", "squatted@example.org", Some("unverified"));
+        let no_verification = address("e2", "nobody@example.org", None);
+        let verified = address("e3", "owner@example.org", Some("verified"));
+        assert_eq!(
+            with(None, serde_json::json!([unverified, no_verification])),
+            Err(PayloadError::NoVerifiedEmail)
+        );
+        assert_eq!(
+            with(None, serde_json::json!([unverified, verified])).as_deref(),
+            Ok("owner@example.org")
+        );
+        assert_eq!(
+            with(Some("e1"), serde_json::json!([unverified, verified])).as_deref(),
+            Ok("owner@example.org"),
+            "an unverified primary is not taken either"
+        );
+        assert_eq!(
+            with(Some("e3"), serde_json::json!([verified.clone()])).as_deref(),
+            Ok("owner@example.org")
+        );
     }
 
     #[test]

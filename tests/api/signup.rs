@@ -13,7 +13,66 @@ both_backends!(
     signed_malformed_json_and_no_email_are_recorded_as_failed,
     email_owned_by_another_clerk_user_is_failed,
     a_failure_mid_transaction_writes_nothing,
+    an_unverified_address_is_never_claimed,
 );
+
+/// Issue #31: a user whose only address is unverified is recorded failed and claims no
+/// email, so the address's real owner signs up afterwards; once the first user verifies
+/// an address of their own, their `user.updated` creates them.
+async fn an_unverified_address_is_never_claimed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::spawn(&db).await;
+    let mut squatter: Value = serde_json::from_slice(&created_for("squatter")).unwrap();
+    squatter["data"]["primary_email_address_id"] = Value::Null;
+    squatter["data"]["email_addresses"][0]["email_address"] = json!("owner@example.org");
+    squatter["data"]["email_addresses"][0]["verification"]["status"] = json!("unverified");
+    let (s, b) = status_json(
+        app.post_webhook("msg_squat", &serde_json::to_vec(&squatter).unwrap())
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["status"], "failed");
+    assert_eq!(b["reason"], "user has no verified email address");
+    assert!(users(&app.store).await.is_empty());
+
+    let mut owner: Value = serde_json::from_slice(&created_for("owner")).unwrap();
+    owner["data"]["email_addresses"][0]["email_address"] = json!("owner@example.org");
+    let (s, b) = status_json(
+        app.post_webhook("msg_owner", &serde_json::to_vec(&owner).unwrap())
+            .await,
+    )
+    .await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("processed")), "{b}");
+
+    let mut verified = squatter.clone();
+    verified["type"] = json!("user.updated");
+    verified["data"]["updated_at"] = json!(squatter["data"]["updated_at"].as_i64().unwrap() + 1000);
+    verified["data"]["email_addresses"][0]["email_address"] = json!("squatter@example.org");
+    verified["data"]["email_addresses"][0]["verification"]["status"] = json!("verified");
+    let (s, b) = status_json(
+        app.post_webhook("msg_verified", &serde_json::to_vec(&verified).unwrap())
+            .await,
+    )
+    .await;
+    assert_eq!((s, b["action"].as_str()), (200, Some("created")), "{b}");
+    let mut emails: Vec<(String, String)> = users(&app.store)
+        .await
+        .into_iter()
+        .map(|u| (u.clerk_id, u.email))
+        .collect();
+    emails.sort();
+    assert_eq!(
+        emails,
+        vec![
+            ("user_owner".to_owned(), "owner@example.org".to_owned()),
+            (
+                "user_squatter".to_owned(),
+                "squatter@example.org".to_owned()
+            ),
+        ]
+    );
+}
 
 async fn created_user_has_every_column_a_ledger_row_and_a_job(backend: Backend) {
     let db = TestDb::new(backend).await;

@@ -36,7 +36,8 @@ def sign_up(clerk_id: str, n: int) -> None:
         "data": {
             "id": clerk_id,
             "object": "user",
-            "email_addresses": [{"id": f"idn_{clerk_id}", "email_address": f"{clerk_id}@example.org"}],
+            "email_addresses": [{"id": f"idn_{clerk_id}", "email_address": f"{clerk_id}@example.org",
+                                 "verification": {"status": "verified", "strategy": "email_code"}}],
             "primary_email_address_id": f"idn_{clerk_id}",
             "first_name": "Contract",
             "last_name": str(n),

@@ -37,7 +37,9 @@ async function signUp(clerkId: string): Promise<unknown> {
     data: {
       id: clerkId,
       object: "user",
-      email_addresses: [{ id: `idn_${clerkId}`, email_address: `${clerkId}@example.org` }],
+      email_addresses: [
+        { id: `idn_${clerkId}`, email_address: `${clerkId}@example.org`, verification: { status: "verified", strategy: "email_code" } },
+      ],
       primary_email_address_id: `idn_${clerkId}`,
       first_name: "Type",
       last_name: "Script",

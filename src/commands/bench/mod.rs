@@ -107,7 +107,7 @@ type MakeRequest = Arc<dyn Fn(&reqwest::Client, usize) -> reqwest::RequestBuilde
 fn event(run: &str, i: usize, now_ms: i64) -> (String, Vec<u8>) {
     let id = bench_clerk_id(run, i);
     let body = format!(
-        r#"{{"data":{{"id":"{id}","object":"user","email_addresses":[{{"id":"idn_primary","email_address":"bench{run}x{i}@example.com","object":"email_address"}}],"primary_email_address_id":"idn_primary","first_name":"Bench","last_name":"User","image_url":"https://img.clerk.com/bench","created_at":{now_ms},"updated_at":{now_ms}}},"object":"event","timestamp":{now_ms},"type":"user.created"}}"#
+        r#"{{"data":{{"id":"{id}","object":"user","email_addresses":[{{"id":"idn_primary","email_address":"bench{run}x{i}@example.com","object":"email_address","verification":{{"status":"verified"}}}}],"primary_email_address_id":"idn_primary","first_name":"Bench","last_name":"User","image_url":"https://img.clerk.com/bench","created_at":{now_ms},"updated_at":{now_ms}}},"object":"event","timestamp":{now_ms},"type":"user.created"}}"#
     );
     (format!("msg_bench{run}x{i}"), body.into_bytes())
 }
@@ -491,7 +491,7 @@ mod tests {
                 "data": {
                     "id": "user_benchr1a2x7",
                     "object": "user",
-                    "email_addresses": [{"id": "idn_primary", "email_address": "benchr1a2x7@example.com", "object": "email_address"}],
+                    "email_addresses": [{"id": "idn_primary", "email_address": "benchr1a2x7@example.com", "object": "email_address", "verification": {"status": "verified"}}],
                     "primary_email_address_id": "idn_primary",
                     "first_name": "Bench",
                     "last_name": "User",
