@@ -202,8 +202,12 @@ pub async fn resolve_user(
         return Ok(user);
     }
     let clerk = clerk.ok_or(Refusal::UnknownUser)?;
+    // A deleted user stays deleted: answered here, Clerk not asked.
+    if signup::is_deleted(store, clerk_id.as_str()).await? {
+        return Err(Refusal::UnknownUser.into());
+    }
     let user = clerk
-        .get_user(clerk_id.as_str())
+        .find_user(clerk_id.as_str())
         .await
         .map_err(Refusal::Clerk)?
         .ok_or(Refusal::UnknownUser)?;

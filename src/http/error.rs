@@ -172,6 +172,18 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        // Clerk's own Retry-After (its rate limit), passed on to whoever must wait.
+        if let Self::Credits(Refusal::Clerk(crate::outbox::DeliveryError::Retryable {
+            retry_after: Some(wait),
+            ..
+        })) = &self
+        {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
         if let Self::Unauthorized = self {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

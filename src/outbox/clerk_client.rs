@@ -1,6 +1,8 @@
 //! Clerk Backend API client (reqwest + rustls).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use url::Url;
@@ -12,6 +14,26 @@ pub struct ClerkClient {
     http: reqwest::Client,
     base: Url,
     secret_key: Redacted<String>,
+    /// Shared by every clone: the process's user lookups ([`ClerkClient::find_user`]).
+    lookups: Arc<Lookups>,
+}
+
+/// How long Clerk's "no such user" is believed without asking again: a burst of calls
+/// for an id Clerk does not have costs one GET.
+pub const NOT_FOUND_TTL: Duration = Duration::from_secs(30);
+
+/// At most this many ids are remembered as not found; past it the expired ones go, then
+/// all of them.
+const NOT_FOUND_LIMIT: usize = 10_000;
+
+type SharedLookup = Arc<tokio::sync::OnceCell<Result<Option<serde_json::Value>, DeliveryError>>>;
+
+#[derive(Default)]
+struct Lookups {
+    /// A GET under way per Clerk id; callers for the same id wait for its answer.
+    in_flight: Mutex<HashMap<String, SharedLookup>>,
+    /// Ids Clerk answered 404 for, until when.
+    not_found: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for ClerkClient {
@@ -23,7 +45,7 @@ impl std::fmt::Debug for ClerkClient {
 }
 
 /// Why a call to Clerk did not succeed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DeliveryError {
     /// 429, 5xx, timeouts and connection failures: try again later.
     #[error("retryable: {reason}")]
@@ -47,6 +69,7 @@ impl ClerkClient {
             http,
             base,
             secret_key,
+            lookups: Arc::default(),
         })
     }
 
@@ -93,6 +116,58 @@ impl ClerkClient {
         response.json().await.map(Some).map_err(|_| {
             DeliveryError::Permanent("Clerk API answered with a body that is not JSON".to_owned())
         })
+    }
+}
+
+impl ClerkClient {
+    /// [`ClerkClient::get_user`] for a person's request path (lazy provisioning):
+    /// concurrent calls for one id share one GET and its answer, and a 404 is remembered
+    /// for [`NOT_FOUND_TTL`].
+    pub async fn find_user(
+        &self,
+        clerk_id: &str,
+    ) -> Result<Option<serde_json::Value>, DeliveryError> {
+        {
+            let mut not_found = self.lookups.not_found.lock().expect("not poisoned");
+            match not_found.get(clerk_id) {
+                Some(until) if *until > Instant::now() => return Ok(None),
+                Some(_) => {
+                    not_found.remove(clerk_id);
+                }
+                None => {}
+            }
+        }
+        let cell = self
+            .lookups
+            .in_flight
+            .lock()
+            .expect("not poisoned")
+            .entry(clerk_id.to_owned())
+            .or_default()
+            .clone();
+        let result = cell.get_or_init(|| self.get_user(clerk_id)).await.clone();
+        // The first caller back removes the shared lookup; later callers ask anew.
+        {
+            let mut in_flight = self.lookups.in_flight.lock().expect("not poisoned");
+            if in_flight
+                .get(clerk_id)
+                .is_some_and(|c| Arc::ptr_eq(c, &cell))
+            {
+                in_flight.remove(clerk_id);
+            }
+        }
+        if let Ok(None) = result {
+            let mut not_found = self.lookups.not_found.lock().expect("not poisoned");
+            if not_found.len() >= NOT_FOUND_LIMIT {
+                let now = Instant::now();
+                not_found.retain(|_, until| *until > now);
+                if not_found.len() >= NOT_FOUND_LIMIT {
+                    not_found.clear();
+                }
+            }
+            not_found.insert(clerk_id.to_owned(), Instant::now() + NOT_FOUND_TTL);
+        }
+        result
     }
 }
 

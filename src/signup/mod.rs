@@ -489,6 +489,20 @@ async fn record_only(
     }
 }
 
+/// Whether `user.deleted` (or `reconcile`) tombstoned this Clerk id: nothing may bring
+/// the user back, so lazy provisioning answers "no such user" without asking Clerk.
+pub async fn is_deleted(store: &Store, clerk_id: &str) -> Result<bool, StoreError> {
+    let sql = statements::USER_IS_DELETED.for_store(store);
+    let deleted: Option<bool> = crate::with_pool!(store, |pool, p| {
+        sqlx::query_scalar(sql)
+            .bind(clerk_id)
+            .persistent(p)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(deleted.unwrap_or(false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

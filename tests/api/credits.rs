@@ -15,6 +15,7 @@ both_backends!(
     invalid_amounts_and_fields_are_named,
     ledger_pagination_walks_every_row_once,
     lazy_provisioning_then_the_late_webhook_gives_one_user_and_one_bonus,
+    lazy_provisioning_asks_clerk_once_per_user,
 );
 
 pub(crate) const CLERK_ID: &str = "user_29w83sxmDNGwOuEthce5gg56FcC";
@@ -402,4 +403,118 @@ async fn lazy_provisioning_then_the_late_webhook_gives_one_user_and_one_bonus(ba
     assert_eq!(s, 404);
     assert_eq!(users(&app.store).await.len(), 1);
     assert_ledger_adds_up(&app.store).await;
+}
+
+/// Issue #31's brake on lazy provisioning: 40 concurrent first calls for one new user
+/// cost one Clerk GET; 20 calls for a user Clerk does not have cost one GET, and the next
+/// call within the 404's lifetime none; a deleted user is answered from its tombstone
+/// with no GET; Clerk's 429 becomes a 503 that passes on its `Retry-After`.
+async fn lazy_provisioning_asks_clerk_once_per_user(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    clerk.add_user(fixture_json("clerk-user-created.json")["data"].clone());
+    // Clerk's latency: the calls overlap.
+    clerk.delay_every_call(std::time::Duration::from_millis(200));
+    let app = TestApp::spawn_with(
+        &db,
+        AppOptions {
+            clerk_api_url: Some(clerk.url.clone()),
+            clerk_secret_key: Some(FakeClerk::KEY.to_owned()),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let gets = |id: &str| {
+        let path = format!("/v1/users/{id}");
+        clerk
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .count()
+    };
+    let consume_all = |id: &str, n: usize| {
+        let sends: Vec<_> = (0..n)
+            .map(|k| {
+                tokio::spawn(
+                    app.http
+                        .post(format!("{}/v1/users/{id}/credits/consume", app.address))
+                        .bearer_auth(API_KEY)
+                        .json(&json!({"amount": 1, "idempotencyKey": format!("first-{k}")}))
+                        .send(),
+                )
+            })
+            .collect();
+        async move {
+            let mut answers = Vec::new();
+            for s in sends {
+                answers.push(status_json(s.await.unwrap().unwrap()).await);
+            }
+            answers
+        }
+    };
+
+    // 40 consumes of 1 from the signup's 20: 20 spend, 20 find nothing left.
+    let answers = consume_all(CLERK_ID, 40).await;
+    let count = |status: u16| answers.iter().filter(|(s, _)| *s == status).count();
+    assert_eq!((count(200), count(402)), (20, 20), "{answers:?}");
+    assert_eq!(gets(CLERK_ID), 1, "40 first calls, one GET");
+    assert_eq!(app.credits_of(CLERK_ID).await, (0, 20, 20));
+    assert_eq!(users(&app.store).await.len(), 1);
+
+    let ghost = "user_2ghostNotInClerk0000000000";
+    let answers = consume_all(ghost, 20).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, b)| *s == 404 && b["error"] == "user_not_found"),
+        "{answers:?}"
+    );
+    assert_eq!(gets(ghost), 1, "20 calls for a user Clerk lacks, one GET");
+    let (s, _) = app
+        .api(Method::GET, &format!("/v1/users/{ghost}"), None)
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(gets(ghost), 1, "the 404 is remembered");
+
+    // Deleted by its webhook: answered from the tombstone.
+    let (s, _) = status_json(
+        app.post_webhook("msg_deleted", &fixture("clerk-user-deleted.json"))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, b) = app
+        .api(
+            Method::POST,
+            &format!("/v1/users/{CLERK_ID}/credits/consume"),
+            consume(json!(1), "after-delete"),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (404, Some("user_not_found")),
+        "{b}"
+    );
+    assert_eq!(gets(CLERK_ID), 1, "no GET for a deleted user");
+    assert!(users(&app.store).await.is_empty());
+
+    // Clerk's rate limit reaches the caller with its Retry-After.
+    clerk.script(&[429]);
+    let r = app
+        .http
+        .get(format!(
+            "{}/v1/users/user_2limitedUser000000000000000",
+            app.address
+        ))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let (_, b) = status_json(r).await;
+    assert_eq!(b["error"], "clerk_unavailable");
 }

@@ -238,8 +238,10 @@ async fn fake_get_user(
         }
     };
     match user {
-        Some(u) if status.is_success() => answer(status, u),
-        Some(_) => answer(status, serde_json::json!({"errors": []})),
+        // A scripted failure (a rate limit, an outage) comes before the lookup, as
+        // Clerk's does.
+        _ if !status.is_success() => answer(status, serde_json::json!({"errors": []})),
+        Some(u) => answer(status, u),
         None => answer(
             StatusCode::NOT_FOUND,
             serde_json::json!({"errors": [{"code": "resource_not_found"}]}),
