@@ -1,12 +1,15 @@
 //! Reconcile with Clerk: webhooks are the fast path, Clerk's user list is the truth.
 //!
-//! One pass pages through Clerk's users oldest first (`created_at_after` as a cursor,
-//! never `offset`, which skips users when others are deleted mid-scan) and applies each
+//! One pass pages through Clerk's users oldest first (Clerk's `starting_after` cursor,
+//! which orders users of one creation millisecond too; never `offset`, which skips users
+//! when others are deleted mid-scan) and applies each
 //! one through the signup transaction of lazy provisioning: a user missing here is
 //! created with the same signup-bonus key as `user.created` (never a second bonus), one
 //! whose Clerk `updated_at` is newer than what was applied is updated, the rest are left
-//! alone. The cursor is stored after every page in `"ReconcileState"`, so an interrupted
-//! pass resumes where it stopped. Users here that Clerk no longer has are reported, and
+//! alone. The creation time reached is stored after every page in `"ReconcileState"`,
+//! so an interrupted pass resumes from there (`created_at_after`, the users of that
+//! millisecond listed again and found unchanged). Only a scan that reached Clerk's last
+//! page is complete: only then are the users Clerk no longer has looked for. Users here that Clerk no longer has are reported, and
 //! deleted only when asked. Clerk's rate limit is kept: requests are paced, and a 429's
 //! `Retry-After` is waited out.
 
@@ -85,6 +88,10 @@ pub enum ReconcileError {
     Store(#[from] StoreError),
     #[error("the Clerk API: {0}")]
     Clerk(DeliveryError),
+    /// Clerk's list did not move past the last user of the previous page: the scan stops
+    /// unfinished (and does not look for deleted users); the next pass resumes.
+    #[error("the Clerk user list did not advance past {0}; the scan is incomplete")]
+    Stalled(String),
 }
 
 const STATE_NAME: &str = "users";
@@ -314,7 +321,7 @@ pub async fn run(
         dry_run: options.dry_run,
         ..Summary::default()
     };
-    let mut cursor = match options.since_ms {
+    let cursor = match options.since_ms {
         Some(since) => Some(since - 1),
         None => {
             let stored = load_cursor(store).await?;
@@ -326,10 +333,16 @@ pub async fn run(
     // Only for progress: a pass goes on without it.
     summary.clerk_total = call_clerk(interval, || clerk.count_users()).await.ok();
     let mut seen: HashSet<String> = HashSet::new();
+    // Within the pass: the last user listed; the filter `cursor` stays as it started.
+    let mut last_id: Option<String> = None;
+    let mut newest = cursor;
     loop {
-        let page = call_clerk(interval, || clerk.list_users(options.page_size, cursor)).await?;
+        let page = call_clerk(interval, || {
+            clerk.list_users(options.page_size, cursor, last_id.as_deref())
+        })
+        .await?;
         summary.pages += 1;
-        let mut newest = cursor;
+        let mut new_on_page = 0;
         for user in &page {
             let created_at = user["created_at"].as_i64();
             newest = newest.max(created_at);
@@ -337,9 +350,9 @@ pub async fn run(
                 continue;
             };
             if !seen.insert(id.to_owned()) {
-                // Listed again at a page boundary (same creation millisecond).
                 continue;
             }
+            new_on_page += 1;
             summary.scanned += 1;
             let profile = match profile_from_user(user, None) {
                 Ok(profile) => profile,
@@ -364,23 +377,28 @@ pub async fn run(
                 Outcome::Ignored(_) | Outcome::Duplicate => summary.unchanged += 1,
             }
         }
-        // Users created in the same millisecond as the last one may straddle two pages:
-        // list from one millisecond earlier; `seen` skips the repeats.
-        let next = newest.map(|ms| ms - 1);
+        // A resumed pass lists from one millisecond before the newest user applied, so
+        // users of that millisecond on the next page are not skipped.
         if !options.dry_run {
-            if let Some(next) = next {
-                save_cursor(store, next).await?;
+            if let Some(ms) = newest {
+                save_cursor(store, ms - 1).await?;
             }
         }
         progress(&summary);
         if (page.len() as u32) < options.page_size {
             break;
         }
-        if next <= cursor {
-            warn!("a whole page of users shares one creation millisecond; stopping here");
-            break;
+        let Some(last) = page.last().and_then(|u| u["id"].as_str()) else {
+            return Err(ReconcileError::Stalled("a page without user ids".into()));
+        };
+        if new_on_page == 0 || last_id.as_deref() == Some(last) {
+            warn!(
+                last_id = last,
+                "the Clerk user list did not advance; the scan stops unfinished"
+            );
+            return Err(ReconcileError::Stalled(last.to_owned()));
         }
-        cursor = next;
+        last_id = Some(last.to_owned());
     }
     if complete_scan {
         deleted_in_clerk(store, clerk, interval, &seen, options, &mut summary).await?;

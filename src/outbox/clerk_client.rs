@@ -173,13 +173,17 @@ impl ClerkClient {
 
 /// No answer at all: a timeout or a connection failure, worth a retry.
 impl ClerkClient {
-    /// One page of Clerk's users, oldest first, created after `created_at_after` (ms):
-    /// `GET /v1/users?order_by=+created_at&created_at_after=…&limit=…`. A cursor on the
-    /// creation time, unlike `offset`, skips nobody when users are deleted mid-scan.
+    /// One page of Clerk's users, oldest first, created after `created_at_after` (ms),
+    /// following the user `starting_after` (the last id of the previous page):
+    /// `GET /v1/users?order_by=+created_at&created_at_after=…&starting_after=…&limit=…`.
+    /// Clerk's cursor orders users sharing a creation millisecond too, so a scan never
+    /// stalls on ties (imports set `created_at`); `offset` would skip users deleted
+    /// mid-scan.
     pub async fn list_users(
         &self,
         limit: u32,
         created_at_after: Option<i64>,
+        starting_after: Option<&str>,
     ) -> Result<Vec<serde_json::Value>, DeliveryError> {
         let mut url = Url::parse(&self.url("/v1/users")).expect("the base is a URL");
         url.query_pairs_mut()
@@ -188,6 +192,9 @@ impl ClerkClient {
         if let Some(after) = created_at_after {
             url.query_pairs_mut()
                 .append_pair("created_at_after", &after.to_string());
+        }
+        if let Some(id) = starting_after {
+            url.query_pairs_mut().append_pair("starting_after", id);
         }
         let response = self
             .http

@@ -13,7 +13,89 @@ both_backends!(
     webhooks_racing_a_pass_give_one_user_and_one_bonus,
     serve_reconciles_on_its_interval_one_replica_at_a_time,
     a_pass_killed_mid_page_and_run_again_ends_in_the_same_state,
+    six_hundred_users_of_one_millisecond_are_all_reconciled_once,
+    a_scan_that_does_not_advance_is_never_reported_complete,
 );
+
+/// A list that does not move past its first page (a Clerk that ignores the cursor): the
+/// pass fails, saying so; it neither finishes nor looks for deleted users, so `--delete`
+/// deletes nothing.
+async fn a_scan_that_does_not_advance_is_never_reported_complete(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    clerk.ignore_starting_after();
+    let app = TestApp::spawn(&db).await;
+    let (s, _) = status_json(app.post_webhook("msg_gone", &created_for("gone")).await).await;
+    assert_eq!(s, 200);
+    for i in 0..600 {
+        let mut user = clerk_user(i);
+        user["created_at"] = json!(T0);
+        user["updated_at"] = json!(T0);
+        clerk.add_user(user);
+    }
+    let (ok, out, err) = reconcile(&db, &clerk, &["--delete"]);
+    assert!(!ok, "a stalled scan exited 0: {out}{err}");
+    assert!(
+        format!("{out}{err}").contains("did not advance"),
+        "{out}{err}"
+    );
+    let all = users(&app.store).await;
+    assert_eq!(all.len(), 501, "the first page applied, nobody deleted");
+    assert!(all.iter().any(|u| u.clerk_id == "user_gone"));
+    assert!(
+        !clerk
+            .requests()
+            .iter()
+            .any(|r| r.path == "/v1/users/user_gone"),
+        "the deleted-user check ran on an incomplete scan"
+    );
+}
+
+/// Imports set `created_at`: 600 users created in one millisecond, more than a page.
+/// Clerk's `starting_after` cursor pages through them all; the pass is complete (the
+/// deleted-user check runs and finds the one local user Clerk lacks), and a second pass
+/// changes nothing.
+async fn six_hundred_users_of_one_millisecond_are_all_reconciled_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    let app = TestApp::spawn(&db).await;
+    // A local user Clerk no longer has: only a complete scan may report it.
+    let (s, _) = status_json(app.post_webhook("msg_gone", &created_for("gone")).await).await;
+    assert_eq!(s, 200);
+    for i in 0..600 {
+        let mut user = clerk_user(i);
+        user["created_at"] = json!(T0);
+        user["updated_at"] = json!(T0);
+        clerk.add_user(user);
+    }
+    let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
+    assert!(ok, "{out}{err}");
+    let first = summary(&out);
+    assert_eq!(first["created"], 600, "{first}");
+    assert_eq!(first["scanned"], 600, "{first}");
+    assert_eq!(first["pages"], 2, "{first}");
+    assert_eq!(first["deletedInClerk"], json!(["user_gone"]), "{first}");
+    let all = users(&app.store).await;
+    let ids: std::collections::HashSet<&str> = all.iter().map(|u| u.clerk_id.as_str()).collect();
+    assert_eq!((all.len(), ids.len()), (601, 601));
+    assert_eq!(ledger(&app.store).await.len(), 601, "one bonus each");
+    let pages: Vec<String> = clerk
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/users" && r.method == "GET")
+        .map(|r| r.status.to_string())
+        .collect();
+    assert_eq!(pages, vec!["200", "200"], "two pages, no error");
+
+    let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
+    assert!(ok, "{out}{err}");
+    let second = summary(&out);
+    assert_eq!(
+        (second["created"].clone(), second["unchanged"].clone()),
+        (json!(0), json!(600)),
+        "{second}"
+    );
+}
 
 /// kill -9 in the middle of a page (some of its users applied, its cursor not yet saved),
 /// then run again: the same end state, no user twice, no second bonus.

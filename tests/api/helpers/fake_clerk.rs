@@ -41,6 +41,8 @@ struct FakeState {
     /// `GET /v1/users` calls so far, and changes to make once that many have been made.
     list_calls: usize,
     list_mutations: Vec<(usize, ListMutation)>,
+    /// Serve the list as a Clerk without `starting_after` would: the parameter ignored.
+    ignore_starting_after: bool,
 }
 
 /// A change to Clerk's users while a scan pages through them.
@@ -108,6 +110,11 @@ impl FakeClerk {
             .iter()
             .filter(|r| r.method == "PATCH" && r.path == path && (200..300).contains(&r.status))
             .count()
+    }
+
+    /// Ignore `starting_after`, as an older API would: every page starts over.
+    pub fn ignore_starting_after(&self) {
+        self.state.lock().unwrap().ignore_starting_after = true;
     }
 
     /// Delay every answer (Clerk's latency).
@@ -254,6 +261,8 @@ struct ListQuery {
     limit: Option<usize>,
     order_by: Option<String>,
     created_at_after: Option<i64>,
+    starting_after: Option<String>,
+    offset: Option<usize>,
 }
 
 /// `GET /v1/users`: Clerk's shape (a JSON array of users), oldest first by `created_at`,
@@ -292,6 +301,35 @@ async fn fake_list_users(
             u["id"].as_str().unwrap_or("").to_owned(),
         )
     });
+    // Clerk's cursor: the users after the one named, in its own order (which breaks ties
+    // of `created_at` in no order a client may rely on; here, by id). Only with a
+    // `created_at` ordering and no offset, else 422.
+    if let Some(after) = q
+        .starting_after
+        .as_ref()
+        .filter(|_| !s.ignore_starting_after)
+    {
+        if q.offset.unwrap_or(0) > 0 {
+            return answer(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"errors": [{"code": "form_param_value_invalid", "message": "starting_after cannot be combined with offset"}]}),
+            );
+        }
+        match users
+            .iter()
+            .position(|u| u["id"].as_str() == Some(after.as_str()))
+        {
+            Some(at) => {
+                users.drain(..=at);
+            }
+            None => {
+                return answer(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    serde_json::json!({"errors": [{"code": "form_param_value_invalid", "message": "starting_after is not a user of this list"}]}),
+                )
+            }
+        }
+    }
     users.truncate(q.limit.unwrap_or(10).min(500));
     s.list_calls += 1;
     let calls = s.list_calls;
