@@ -253,9 +253,12 @@ DROP TABLE "User";
 ALTER TABLE "User_broken" RENAME TO "User";
 CREATE UNIQUE INDEX "User_clerkId_key" ON "User"("clerkId");
 CREATE UNIQUE INDEX "User_email_key" ON "User"("email");
+{trigger}
 COMMIT;"#,
         decls.join(", "),
-        cols = names.join(", ")
+        cols = names.join(", "),
+        // The ledger trigger went with the old table, as with any rebuild.
+        trigger = include_str!("../../migrations/sqlite/0006_ledger_direct_writes.sql"),
     )
 }
 
