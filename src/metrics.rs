@@ -265,7 +265,7 @@ impl Default for Metrics {
                 });
             }
         }
-        for outcome in ["done", "retried", "dead"] {
+        for outcome in ["done", "gone", "retried", "dead"] {
             let _ = outbox_delivery_duration.get_or_create(&OutcomeLabel { outcome });
         }
         // Every family shows at zero from the start, so a dashboard or an alert has a
@@ -275,7 +275,7 @@ impl Default for Metrics {
                 &webhook_events,
                 &["processed", "duplicate", "ignored", "failed"][..],
             ),
-            (&outbox_jobs, &["done", "retried", "dead"][..]),
+            (&outbox_jobs, &["done", "gone", "retried", "dead"][..]),
             (
                 &reconciled_users,
                 &["created", "updated", "unchanged", "unprovisionable"][..],

@@ -56,6 +56,10 @@ pub enum DeliveryError {
     /// Any other 4xx: the same request will fail again.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// Clerk has no such user (its 404 with `resource_not_found`): deleted in Clerk, or
+    /// never there. Not a 404 without Clerk's error body, which is a wrong URL.
+    #[error("no such user in Clerk: {0}")]
+    NotFound(String),
 }
 
 impl ClerkClient {
@@ -92,7 +96,10 @@ impl ClerkClient {
             .send()
             .await
             .map_err(unreachable)?;
-        classify(response.status(), response.headers())
+        if !response.status().is_success() {
+            return Err(self.failure(response).await);
+        }
+        Ok(())
     }
 }
 
@@ -109,10 +116,12 @@ impl ClerkClient {
             .send()
             .await
             .map_err(unreachable)?;
-        if response.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
+        if !response.status().is_success() {
+            return match self.failure(response).await {
+                DeliveryError::NotFound(_) => Ok(None),
+                other => Err(other),
+            };
         }
-        classify(response.status(), response.headers())?;
         response.json().await.map(Some).map_err(|_| {
             DeliveryError::Permanent("Clerk API answered with a body that is not JSON".to_owned())
         })
@@ -203,7 +212,9 @@ impl ClerkClient {
             .send()
             .await
             .map_err(unreachable)?;
-        classify(response.status(), response.headers())?;
+        if !response.status().is_success() {
+            return Err(self.failure(response).await);
+        }
         response.json().await.map_err(|_| {
             DeliveryError::Permanent(
                 "Clerk API answered a user list that is not a JSON array".to_owned(),
@@ -222,13 +233,100 @@ impl ClerkClient {
             .send()
             .await
             .map_err(unreachable)?;
-        classify(response.status(), response.headers())?;
+        if !response.status().is_success() {
+            return Err(self.failure(response).await);
+        }
         let body: serde_json::Value = response.json().await.map_err(|_| {
             DeliveryError::Permanent("Clerk API answered a count that is not JSON".to_owned())
         })?;
         body["total_count"].as_u64().ok_or_else(|| {
             DeliveryError::Permanent("Clerk API answered a count without total_count".to_owned())
         })
+    }
+}
+
+/// Clerk's error body: `{"errors": [{"message", "long_message", "code"}], "clerk_trace_id"}`
+/// (bapi 2026-05-12, `ClerkErrors`).
+#[derive(Debug, Default, serde::Deserialize)]
+struct ClerkErrors {
+    #[serde(default)]
+    errors: Vec<ClerkError>,
+    clerk_trace_id: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ClerkError {
+    code: Option<String>,
+    message: Option<String>,
+    long_message: Option<String>,
+}
+
+/// Clerk's words are kept to this many characters in a job's `lastError` and the logs.
+const DETAIL_LIMIT: usize = 300;
+
+/// What Clerk said of a failure, for a person: ` resource_not_found: User not found
+/// (clerk_trace_id 1a2b…)`; empty when the body is not Clerk's.
+fn clerk_detail(errors: &ClerkErrors) -> String {
+    let mut detail = String::new();
+    if let Some(e) = errors.errors.first() {
+        if let Some(code) = &e.code {
+            detail.push(' ');
+            detail.push_str(code);
+        }
+        if let Some(text) = e.long_message.as_ref().or(e.message.as_ref()) {
+            detail.push_str(": ");
+            detail.extend(text.chars().take(DETAIL_LIMIT));
+        }
+    }
+    if let Some(trace) = &errors.clerk_trace_id {
+        detail.push_str(&format!(
+            " (clerk_trace_id {})",
+            trace.chars().take(64).collect::<String>()
+        ));
+    }
+    detail
+}
+
+impl ClerkClient {
+    /// A non-2xx answer as an error, with Clerk's code, message and trace id. A 404 is
+    /// "no such user" only when Clerk's body says `resource_not_found`; any other 404 is
+    /// a URL that is not Clerk's Backend API.
+    async fn failure(&self, response: reqwest::Response) -> DeliveryError {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap_or_default();
+        let errors: Option<ClerkErrors> = serde_json::from_slice(&body).ok();
+        let detail = errors.as_ref().map(clerk_detail).unwrap_or_default();
+        match classify(status, &headers) {
+            Err(DeliveryError::Retryable {
+                reason,
+                retry_after,
+            }) => DeliveryError::Retryable {
+                reason: format!("{reason}{detail}"),
+                retry_after,
+            },
+            _ if status == StatusCode::NOT_FOUND => {
+                let clerks = errors.as_ref().is_some_and(|e| {
+                    e.errors
+                        .iter()
+                        .any(|e| e.code.as_deref() == Some("resource_not_found"))
+                });
+                if clerks {
+                    DeliveryError::NotFound(format!("Clerk API answered 404{detail}"))
+                } else {
+                    DeliveryError::Permanent(format!(
+                        "Clerk API answered 404 without Clerk's error body{detail}: is CLERK_API_URL ({}) Clerk's Backend API?",
+                        self.base
+                    ))
+                }
+            }
+            Err(DeliveryError::Permanent(reason)) => {
+                DeliveryError::Permanent(format!("{reason}{detail}"))
+            }
+            _ => {
+                DeliveryError::Permanent(format!("Clerk API answered {}{detail}", status.as_u16()))
+            }
+        }
     }
 }
 
@@ -293,5 +391,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn clerks_error_body_is_kept_short() {
+        let errors: ClerkErrors = serde_json::from_str(
+            r#"{"errors":[{"message":"not found","long_message":"User not found","code":"resource_not_found"}],"clerk_trace_id":"abc123"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            clerk_detail(&errors),
+            " resource_not_found: User not found (clerk_trace_id abc123)"
+        );
+        let long: ClerkErrors = serde_json::from_value(serde_json::json!({
+            "errors": [{"code": "x", "message": "y".repeat(1000)}]
+        }))
+        .unwrap();
+        assert_eq!(clerk_detail(&long).len(), " x: ".len() + DETAIL_LIMIT);
+        assert_eq!(clerk_detail(&ClerkErrors::default()), "");
     }
 }

@@ -31,6 +31,9 @@ use crate::with_pool;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Done,
+    /// Clerk no longer has the user: nothing to update; the job ends `done`, its
+    /// `lastError` saying so.
+    Gone,
     Retried,
     Dead,
     /// No job was due.
@@ -104,6 +107,11 @@ UPDATE {own}"OutboxJob" SET "status" = 'done', "lastError" = NULL, "updatedAt" =
 static MARK_RETRY: OwnTablesSql = OwnTablesSql::new(
     r#"
 UPDATE {own}"OutboxJob" SET "nextAttemptAt" = $2, "lastError" = $3, "updatedAt" = $4 WHERE "id" = $1"#,
+);
+
+static MARK_GONE: OwnTablesSql = OwnTablesSql::new(
+    r#"
+UPDATE {own}"OutboxJob" SET "status" = 'done', "lastError" = $2, "updatedAt" = $3 WHERE "id" = $1"#,
 );
 
 static MARK_DEAD: OwnTablesSql = OwnTablesSql::new(
@@ -195,6 +203,7 @@ async fn deliver_one(
             if let Some(metrics) = metrics {
                 let outcome = match &result {
                     Ok(()) => "done",
+                    Err(DeliveryError::NotFound(_)) => "gone",
                     Err(DeliveryError::Retryable { .. }) if attempts < settings.max_attempts => {
                         "retried"
                     }
@@ -250,6 +259,13 @@ async fn deliver_one(
             record(store, settings, &MARK_RETRY, &params).await?;
             warn!(attempts, delay_ms = delay.as_millis() as u64, reason = %reason, "outbox job will be retried");
             Outcome::Retried
+        }
+        Err(DeliveryError::NotFound(reason)) => {
+            let reason = format!("the user no longer exists in Clerk: {reason}");
+            let params = [Param::Text(&id), Param::Text(&reason), Param::At(now)];
+            record(store, settings, &MARK_GONE, &params).await?;
+            info!(attempts, reason = %reason, "outbox job ended: the Clerk user is gone");
+            Outcome::Gone
         }
         Err(e) => {
             let reason = e.to_string();
@@ -405,6 +421,7 @@ async fn deliver_until_stopped(
             Ok(outcome) => {
                 let label = match outcome {
                     Outcome::Done => "done",
+                    Outcome::Gone => "gone",
                     Outcome::Retried => "retried",
                     _ => "dead",
                 };

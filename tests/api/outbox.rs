@@ -15,7 +15,67 @@ both_backends!(
     retried_on_500_and_429_then_delivered,
     permanent_refusal_is_dead_at_once,
     pending_after_restart_then_delivered_by_the_serve_worker,
+    clerks_error_details_are_kept_and_a_user_gone_from_clerk_ends_the_job,
 );
+
+/// Issue #31: Clerk's `code`, message and `clerk_trace_id` reach `lastError`; a user
+/// Clerk deleted before delivery ends its job `done` (`gone`), not `dead`; a 404 without
+/// Clerk's error body names CLERK_API_URL.
+async fn clerks_error_details_are_kept_and_a_user_gone_from_clerk_ends_the_job(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    let app = TestApp::spawn_with(&db, clerk_opts(&clerk)).await;
+    // One job at a time, each signed up just before its delivery.
+    let job_after = |name: &'static str| {
+        let app = &app;
+        let clerk = &clerk;
+        async move {
+            let (s, _) = status_json(
+                app.post_webhook(&format!("msg_{name}"), &created_for(name))
+                    .await,
+            )
+            .await;
+            assert_eq!(s, 200);
+            let outcome = step_worker(&app.store, clerk).await;
+            let job = jobs(&app.store)
+                .await
+                .into_iter()
+                .find(|j| j.payload.0["clerkId"] == format!("user_{name}"))
+                .expect("its job");
+            (outcome, job)
+        }
+    };
+
+    clerk.fail_next_with(422, "form_param_value_invalid");
+    let (outcome, refused) = job_after("refused").await;
+    assert_eq!((outcome, refused.status.as_str()), (Outcome::Dead, "dead"));
+    let error = refused.last_error.unwrap();
+    assert!(
+        error.contains("422 form_param_value_invalid: fake Clerk error")
+            && error.contains("clerk_trace_id fake0trace0id"),
+        "{error}"
+    );
+
+    clerk.delete_user("user_gone");
+    let (outcome, gone) = job_after("gone").await;
+    assert_eq!((outcome, gone.status.as_str()), (Outcome::Gone, "done"));
+    let error = gone.last_error.unwrap();
+    assert!(
+        error.starts_with("the user no longer exists in Clerk")
+            && error.contains("resource_not_found"),
+        "{error}"
+    );
+
+    // A 404 that is not Clerk's (a wrong CLERK_API_URL) is no "no such user".
+    clerk.script(&[404]);
+    let (outcome, lost) = job_after("lost").await;
+    assert_eq!((outcome, lost.status.as_str()), (Outcome::Dead, "dead"));
+    let error = lost.last_error.unwrap();
+    assert!(
+        error.contains("without Clerk's error body") && error.contains("CLERK_API_URL"),
+        "{error}"
+    );
+}
 
 fn clerk_opts(clerk: &FakeClerk) -> AppOptions {
     AppOptions {
@@ -116,9 +176,10 @@ async fn permanent_refusal_is_dead_at_once(backend: Backend) {
     );
     let job = jobs(&app.store).await.remove(0);
     assert_eq!(job.status, "dead");
-    assert_eq!(
-        job.last_error.as_deref(),
-        Some("permanent: Clerk API answered 404")
+    let error = job.last_error.unwrap();
+    assert!(
+        error.starts_with("permanent: Clerk API answered 404 without Clerk's error body"),
+        "{error}"
     );
 }
 

@@ -43,6 +43,18 @@ struct FakeState {
     list_mutations: Vec<(usize, ListMutation)>,
     /// Serve the list as a Clerk without `starting_after` would: the parameter ignored.
     ignore_starting_after: bool,
+    /// Users deleted in Clerk: their metadata PATCH answers Clerk's 404.
+    deleted: std::collections::HashSet<String>,
+    /// The next calls answer these statuses with Clerk's error body and this code.
+    clerk_errors: VecDeque<(u16, String)>,
+}
+
+/// Clerk's error body, as its Backend API writes it (bapi 2026-05-12 `ClerkErrors`).
+pub fn clerk_error_body(code: &str, message: &str) -> Value {
+    serde_json::json!({
+        "errors": [{"message": message, "long_message": message, "code": code}],
+        "clerk_trace_id": "fake0trace0id",
+    })
 }
 
 /// A change to Clerk's users while a scan pages through them.
@@ -110,6 +122,22 @@ impl FakeClerk {
             .iter()
             .filter(|r| r.method == "PATCH" && r.path == path && (200..300).contains(&r.status))
             .count()
+    }
+
+    /// Clerk deleted this user: a metadata update for it answers Clerk's 404.
+    pub fn delete_user(&self, id: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.users.remove(id);
+        s.deleted.insert(id.to_owned());
+    }
+
+    /// Answer the next call with `status` and Clerk's error body with `code`.
+    pub fn fail_next_with(&self, status: u16, code: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .clerk_errors
+            .push_back((status, code.to_owned()));
     }
 
     /// Ignore `starting_after`, as an older API would: every page starts over.
@@ -193,6 +221,29 @@ async fn fake_patch_metadata(
     Json(body): Json<Value>,
 ) -> (StatusCode, HeaderMap, Json<Value>) {
     latency(&state).await;
+    let (clerk_error, gone) = {
+        let mut s = state.lock().unwrap();
+        (s.clerk_errors.pop_front(), s.deleted.contains(&id))
+    };
+    if let Some((status, code)) =
+        clerk_error.or(gone.then(|| (404, "resource_not_found".to_owned())))
+    {
+        let status = StatusCode::from_u16(status).unwrap();
+        let path = format!("/v1/users/{id}/metadata");
+        let mut s = state.lock().unwrap();
+        s.requests.push(Recorded {
+            method: "PATCH".to_owned(),
+            path,
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body,
+            at: std::time::Instant::now(),
+            status: status.as_u16(),
+        });
+        return answer(status, clerk_error_body(&code, "fake Clerk error"));
+    }
     let status = record(
         &state,
         "PATCH",
