@@ -213,6 +213,12 @@ pub struct ReconcileArgs {
     #[arg(long)]
     pub delete: bool,
 
+    /// With --delete: delete even when Clerk lacks more than 10% of the local users (and
+    /// more than one). Without it such a pass deletes nothing: a key of another Clerk
+    /// instance, or a wrong CLERK_API_URL, makes every user look deleted.
+    #[arg(long, requires = "delete")]
+    pub allow_mass_delete: bool,
+
     /// Clerk API requests per second.
     #[arg(long, default_value_t = 10)]
     pub rate: u32,

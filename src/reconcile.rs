@@ -39,8 +39,15 @@ pub struct ReconcileOptions {
     pub rate_per_second: u32,
     /// Delete the users Clerk no longer has (otherwise they are only reported).
     pub delete: bool,
+    /// Delete even more than [`MASS_DELETE_SHARE`] of the local users in one pass.
+    pub allow_mass_delete: bool,
     pub page_size: u32,
 }
+
+/// A pass with `delete` deletes nothing when Clerk lacks more than this share of the
+/// local users (and more than one) unless `allow_mass_delete`: a key of another Clerk
+/// instance makes every user look deleted.
+pub const MASS_DELETE_SHARE: f64 = 0.10;
 
 impl Default for ReconcileOptions {
     fn default() -> Self {
@@ -49,6 +56,7 @@ impl Default for ReconcileOptions {
             since_ms: None,
             rate_per_second: 10,
             delete: false,
+            allow_mass_delete: false,
             page_size: PAGE_SIZE,
         }
     }
@@ -74,6 +82,10 @@ pub struct Summary {
     pub deleted_in_clerk: Vec<String>,
     /// Of those, deleted here (`--delete`).
     pub deleted: usize,
+    /// `--delete` deleted nothing: Clerk lacked more than [`MASS_DELETE_SHARE`] of the
+    /// local users; the reason, for the operator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_refused: Option<String>,
 }
 
 impl Summary {
@@ -427,19 +439,34 @@ async fn deleted_in_clerk(
     summary: &mut Summary,
 ) -> Result<(), ReconcileError> {
     let local = local_users(store).await?;
+    let total = local.len();
     for clerk_id in local.into_iter().filter(|id| !seen.contains(id)) {
         let found = call_clerk(interval, || clerk.get_user(&clerk_id)).await?;
-        if found.is_some() {
-            continue;
+        if found.is_none() {
+            summary.deleted_in_clerk.push(clerk_id);
         }
-        if options.delete && !options.dry_run {
-            if let Ok(id) = ClerkUserId::parse(&clerk_id) {
-                if signup::forget(store, &id).await? {
-                    summary.deleted += 1;
-                }
+    }
+    if !options.delete || options.dry_run || summary.deleted_in_clerk.is_empty() {
+        return Ok(());
+    }
+    let gone = summary.deleted_in_clerk.len();
+    if gone > 1 && gone as f64 > MASS_DELETE_SHARE * total as f64 && !options.allow_mass_delete {
+        let reason = format!(
+            "Clerk lacks {gone} of the {total} local users (more than {:.0}%): deleted none. \
+             Is CLERK_SECRET_KEY this app's instance, and CLERK_API_URL Clerk's API? If the \
+             users were deleted in Clerk, run again with --allow-mass-delete",
+            MASS_DELETE_SHARE * 100.0
+        );
+        warn!(gone, total, "reconcile --delete refused a mass deletion");
+        summary.delete_refused = Some(reason);
+        return Ok(());
+    }
+    for clerk_id in &summary.deleted_in_clerk {
+        if let Ok(id) = ClerkUserId::parse(clerk_id) {
+            if signup::forget(store, &id).await? {
+                summary.deleted += 1;
             }
         }
-        summary.deleted_in_clerk.push(clerk_id);
     }
     Ok(())
 }

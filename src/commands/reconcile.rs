@@ -40,6 +40,7 @@ pub async fn run_command(args: ReconcileArgs) -> anyhow::Result<()> {
         since_ms: since.map(|t| t.and_utc().timestamp_millis()),
         rate_per_second: args.rate,
         delete: args.delete,
+        allow_mass_delete: args.allow_mass_delete,
         ..ReconcileOptions::default()
     };
     let started = std::time::Instant::now();
@@ -76,6 +77,9 @@ pub async fn run_command(args: ReconcileArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", render(&summary, started.elapsed()));
     }
+    if let Some(reason) = &summary.delete_refused {
+        anyhow::bail!("{reason}");
+    }
     Ok(())
 }
 
@@ -106,6 +110,8 @@ fn render(s: &Summary, took: Duration) -> String {
             s.deleted_in_clerk.len(),
             if s.deleted > 0 {
                 format!(" (deleted {})", s.deleted)
+            } else if s.delete_refused.is_some() {
+                " (--delete refused: see below)".to_owned()
             } else {
                 " (run with --delete to delete them)".to_owned()
             }

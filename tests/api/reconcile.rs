@@ -15,7 +15,53 @@ both_backends!(
     a_pass_killed_mid_page_and_run_again_ends_in_the_same_state,
     six_hundred_users_of_one_millisecond_are_all_reconciled_once,
     a_scan_that_does_not_advance_is_never_reported_complete,
+    delete_refuses_to_empty_the_database,
 );
+
+/// Issue #31: a key of another Clerk instance (a Clerk that has none of these users) makes
+/// every local user look deleted: `--delete` deletes nothing and exits 1 saying why;
+/// `--allow-mass-delete` is the operator's explicit yes.
+async fn delete_refuses_to_empty_the_database(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    let app = TestApp::spawn(&db).await;
+    for i in 0..5 {
+        let (s, _) = status_json(
+            app.post_webhook(&format!("msg_{i}"), &created_for(&format!("local{i}")))
+                .await,
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    let (ok, out, err) = reconcile(&db, &clerk, &["--delete"]);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        err.contains("Clerk lacks 5 of the 5 local users") && err.contains("--allow-mass-delete"),
+        "{err}"
+    );
+    assert_eq!(users(&app.store).await.len(), 5, "nobody deleted");
+
+    // One user really deleted in Clerk is within the share.
+    for i in 1..5 {
+        let mut user = clerk_user(i);
+        user["id"] = json!(format!("user_local{i}"));
+        user["email_addresses"][0]["email_address"] = json!(format!("local{i}@example.org"));
+        clerk.add_user(user);
+    }
+    let (ok, out, err) = reconcile(&db, &clerk, &["--delete", "--json"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(summary(&out)["deleted"], 1);
+    assert_eq!(users(&app.store).await.len(), 4);
+
+    clerk.delete_user("user_local1");
+    clerk.delete_user("user_local2");
+    let (ok, _, _) = reconcile(&db, &clerk, &["--delete"]);
+    assert!(!ok, "2 of 4 is more than the share");
+    let (ok, out, err) = reconcile(&db, &clerk, &["--delete", "--allow-mass-delete", "--json"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(summary(&out)["deleted"], 2);
+    assert_eq!(users(&app.store).await.len(), 2);
+}
 
 /// A list that does not move past its first page (a Clerk that ignores the cursor): the
 /// pass fails, saying so; it neither finishes nor looks for deleted users, so `--delete`
