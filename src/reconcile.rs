@@ -82,6 +82,12 @@ pub struct Summary {
     pub deleted_in_clerk: Vec<String>,
     /// Of those, deleted here (`--delete`).
     pub deleted: usize,
+    /// Users whose Clerk `public_metadata.userId` was missing: their metadata update
+    /// queued again (a dead job revived), or, dry, would be.
+    pub metadata_requeued: usize,
+    /// Users whose Clerk `public_metadata.userId` names another id than theirs here:
+    /// reported, never overwritten.
+    pub metadata_conflicts: Vec<String>,
     /// `--delete` deleted nothing: Clerk lacked more than [`MASS_DELETE_SHARE`] of the
     /// local users; the reason, for the operator.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,7 +96,7 @@ pub struct Summary {
 
 impl Summary {
     pub fn changed_anything(&self) -> bool {
-        self.created + self.updated + self.deleted > 0
+        self.created + self.updated + self.deleted + self.metadata_requeued > 0
     }
 }
 
@@ -383,10 +389,17 @@ pub async fn run(
                 signup::provision(store, settings, &profile).await?
             };
             match outcome {
+                // Its signup queued the metadata update.
                 Outcome::Processed(signup::Action::Created) => summary.created += 1,
-                Outcome::Processed(_) => summary.updated += 1,
+                Outcome::Processed(_) => {
+                    summary.updated += 1;
+                    check_metadata(store, user, id, options, &mut summary).await?;
+                }
                 Outcome::Failed(reason) => summary.unprovisionable.push(format!("{id}: {reason}")),
-                Outcome::Ignored(_) | Outcome::Duplicate => summary.unchanged += 1,
+                Outcome::Ignored(_) | Outcome::Duplicate => {
+                    summary.unchanged += 1;
+                    check_metadata(store, user, id, options, &mut summary).await?;
+                }
             }
         }
         // A resumed pass lists from one millisecond before the newest user applied, so
@@ -426,6 +439,45 @@ pub async fn run(
         "reconcile pass finished"
     );
     Ok(summary)
+}
+
+/// Compare Clerk's `public_metadata.userId` of a user already here with its id here: a
+/// missing one (its job died: an outage longer than its attempts, a refusal) is queued
+/// again; a different one is reported and left alone.
+async fn check_metadata(
+    store: &Store,
+    user: &serde_json::Value,
+    clerk_id: &str,
+    options: &ReconcileOptions,
+    summary: &mut Summary,
+) -> Result<(), StoreError> {
+    const LOCAL_ID: &str = r#"SELECT "id" FROM "User" WHERE "clerkId" = $1"#;
+    let local: Option<String> = with_pool!(store, |pool, p| {
+        sqlx::query_scalar(LOCAL_ID)
+            .bind(clerk_id)
+            .persistent(p)
+            .fetch_optional(pool)
+            .await?
+    });
+    let Some(local) = local else {
+        return Ok(());
+    };
+    match user["public_metadata"]["userId"]
+        .as_str()
+        .filter(|v| !v.is_empty())
+    {
+        Some(theirs) if theirs == local => {}
+        Some(theirs) => summary.metadata_conflicts.push(format!(
+            "{clerk_id}: Clerk's public_metadata.userId is {theirs}, here {local}"
+        )),
+        None if options.dry_run => summary.metadata_requeued += 1,
+        None => {
+            if crate::outbox::requeue_metadata_update(store, clerk_id, &local).await? {
+                summary.metadata_requeued += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Users here whom a complete scan did not list: asked about one by one (a user created

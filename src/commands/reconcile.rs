@@ -120,6 +120,21 @@ fn render(s: &Summary, took: Duration) -> String {
             out.push_str(&format!("    {id}\n"));
         }
     }
+    if s.metadata_requeued > 0 {
+        out.push_str(&format!(
+            "  Clerk metadata (public_metadata.userId) missing, update queued: {}{}\n",
+            verb, s.metadata_requeued
+        ));
+    }
+    if !s.metadata_conflicts.is_empty() {
+        out.push_str(&format!(
+            "  Clerk metadata names another user id (left alone): {}\n",
+            s.metadata_conflicts.len()
+        ));
+        for c in &s.metadata_conflicts {
+            out.push_str(&format!("    {c}\n"));
+        }
+    }
     if s.dry_run {
         out.push_str("dry run: nothing changed\n");
     } else if !s.changed_anything() && s.deleted_in_clerk.is_empty() {

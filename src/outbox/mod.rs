@@ -63,6 +63,70 @@ FROM {own}"OutboxJob""#,
     })
 }
 
+/// Queue the metadata update of this user again, when Clerk lacks it (`reconcile`): its
+/// dead job is revived from its first attempt, or, when the user has no job pending, a
+/// new one is queued. False when a job was pending already: nothing changed.
+pub async fn requeue_metadata_update(
+    store: &Store,
+    clerk_id: &str,
+    user_id: &str,
+) -> Result<bool, StoreError> {
+    static REVIVE: OwnTablesSql = OwnTablesSql::new(
+        r#"
+UPDATE {own}"OutboxJob" SET "status" = 'pending', "attempts" = 0, "lastError" = NULL,
+    "nextAttemptAt" = $3, "updatedAt" = $3
+WHERE "id" = (SELECT "id" FROM {own}"OutboxJob"
+              WHERE "status" = 'dead' AND "kind" = $1 AND "payload" ->> 'clerkId' = $2
+              ORDER BY "createdAt" DESC LIMIT 1)
+  AND NOT EXISTS (SELECT 1 FROM {own}"OutboxJob"
+                  WHERE "status" = 'pending' AND "kind" = $1 AND "payload" ->> 'clerkId' = $2)"#,
+    );
+    static QUEUE: std::sync::LazyLock<OwnTablesSql> = std::sync::LazyLock::new(|| {
+        OwnTablesSql::new(
+            format!(
+                r#"
+INSERT INTO {{own}}"OutboxJob" ({})
+SELECT $1, $2, $3, 'pending', 0, $5, $5, $5
+WHERE NOT EXISTS (SELECT 1 FROM {{own}}"OutboxJob"
+                  WHERE "status" = 'pending' AND "kind" = $2 AND "payload" ->> 'clerkId' = $4)"#,
+                crate::store::tables::OUTBOX_JOB
+            )
+            .leak(),
+        )
+    });
+    let job = Job::UpdateClerkMetadata {
+        clerk_id: clerk_id.to_owned(),
+        user_id: user_id.to_owned(),
+    };
+    let now = crate::store::now();
+    let revived = with_pool!(store, |pool, p| {
+        sqlx::query(REVIVE.for_store(store))
+            .bind(job.kind())
+            .bind(clerk_id)
+            .bind(now)
+            .persistent(p)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    if revived > 0 {
+        return Ok(true);
+    }
+    let queued = with_pool!(store, |pool, p| {
+        sqlx::query(QUEUE.for_store(store))
+            .bind(crate::store::new_id())
+            .bind(job.kind())
+            .bind(sqlx::types::Json(&job))
+            .bind(clerk_id)
+            .bind(now)
+            .persistent(p)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(queued > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

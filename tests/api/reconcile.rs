@@ -16,7 +16,103 @@ both_backends!(
     six_hundred_users_of_one_millisecond_are_all_reconciled_once,
     a_scan_that_does_not_advance_is_never_reported_complete,
     delete_refuses_to_empty_the_database,
+    a_dead_metadata_job_is_healed_and_a_foreign_user_id_reported,
 );
+
+/// Issue #31: a metadata job that died (Clerk refused it) leaves Clerk without
+/// `public_metadata.userId`; reconcile sees it missing, revives the job, and the worker
+/// delivers it. A user whose Clerk metadata names another id is reported, not changed.
+async fn a_dead_metadata_job_is_healed_and_a_foreign_user_id_reported(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    let app = TestApp::spawn_with(
+        &db,
+        AppOptions {
+            clerk_api_url: Some(clerk.url.clone()),
+            clerk_secret_key: Some(FakeClerk::KEY.to_owned()),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let mut healed = clerk_user(1);
+    healed["id"] = json!("user_healed");
+    let mut foreign = clerk_user(2);
+    foreign["id"] = json!("user_foreign");
+    foreign["public_metadata"] = json!({"userId": "c_from_another_database"});
+    for user in [&healed, &foreign] {
+        let (s, _) = status_json(
+            app.post_webhook(
+                &format!("msg_{}", user["id"].as_str().unwrap()),
+                &created_event(user),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 200);
+        clerk.add_user(user.clone());
+    }
+    // Both jobs die: Clerk refuses them for good.
+    clerk.script(&[400, 400]);
+    for _ in 0..2 {
+        assert_eq!(
+            step_worker(&app.store, &clerk).await,
+            clerk_sync::outbox::worker::Outcome::Dead
+        );
+    }
+
+    let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
+    assert!(ok, "{out}{err}");
+    let report = summary(&out);
+    assert_eq!(report["metadataRequeued"], 1, "{report}");
+    let local_foreign = users(&app.store)
+        .await
+        .into_iter()
+        .find(|u| u.clerk_id == "user_foreign")
+        .unwrap();
+    assert_eq!(
+        report["metadataConflicts"],
+        json!([format!(
+            "user_foreign: Clerk's public_metadata.userId is c_from_another_database, here {}",
+            local_foreign.id
+        )]),
+        "{report}"
+    );
+    let jobs_now = jobs(&app.store).await;
+    let status_of = |clerk_id: &str| {
+        jobs_now
+            .iter()
+            .find(|j| j.payload.0["clerkId"] == clerk_id)
+            .map(|j| (j.status.clone(), j.attempts))
+            .unwrap()
+    };
+    assert_eq!(status_of("user_healed"), ("pending".to_owned(), 0));
+    assert_eq!(status_of("user_foreign").0, "dead", "left alone");
+    assert_eq!(jobs_now.len(), 2, "revived, not queued twice");
+
+    // The worker delivers it; the next pass finds Clerk whole.
+    assert_eq!(
+        step_worker(&app.store, &clerk).await,
+        clerk_sync::outbox::worker::Outcome::Done
+    );
+    let local_healed = users(&app.store)
+        .await
+        .into_iter()
+        .find(|u| u.clerk_id == "user_healed")
+        .unwrap();
+    let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(summary(&out)["metadataRequeued"], 0);
+    let patched = clerk
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/users/user_healed/metadata" && r.status == 200)
+        .map(|r| r.body)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        patched,
+        vec![json!({"public_metadata": {"userId": local_healed.id}})]
+    );
+}
 
 /// Issue #31: a key of another Clerk instance (a Clerk that has none of these users) makes
 /// every local user look deleted: `--delete` deletes nothing and exits 1 saying why;
