@@ -110,6 +110,9 @@ pub enum ReconcileError {
     /// unfinished (and does not look for deleted users); the next pass resumes.
     #[error("the Clerk user list did not advance past {0}; the scan is incomplete")]
     Stalled(String),
+    /// The secret key belongs to another Clerk instance than the webhooks applied here.
+    #[error("CLERK_SECRET_KEY belongs to Clerk instance {key}, but the webhooks applied here came from {webhooks}: refusing to reconcile this database with another instance's users (use that instance's key)")]
+    OtherInstance { key: String, webhooks: String },
 }
 
 const STATE_NAME: &str = "users";
@@ -132,6 +135,37 @@ WHERE "name" = $1"#,
 );
 
 const LOCAL_USERS: &str = r#"SELECT "clerkId" FROM "User""#;
+
+/// The Clerk instance of the newest applied webhook that still has its payload.
+const WEBHOOK_INSTANCE: &str = r#"
+SELECT "payload" ->> 'instance_id' FROM "WebhookEvent"
+WHERE "payload" IS NOT NULL AND "payload" ->> 'instance_id' IS NOT NULL
+ORDER BY "createdAt" DESC LIMIT 1"#;
+
+/// Refuse to reconcile with a key of another instance than the webhooks' (`GET
+/// /v1/instance` against the stored events' `instance_id`): its user list would make
+/// every local user look deleted. Either side unknown (no webhook yet, an API without
+/// the endpoint) passes.
+async fn check_instance(
+    store: &Store,
+    clerk: &ClerkClient,
+    interval: Duration,
+) -> Result<(), ReconcileError> {
+    let key = call_clerk(interval, || clerk.instance_id()).await?;
+    let webhooks: Option<String> = with_pool!(store, |pool, p| {
+        sqlx::query_scalar(WEBHOOK_INSTANCE)
+            .persistent(p)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::from)?
+    });
+    match (key, webhooks) {
+        (Some(key), Some(webhooks)) if key != webhooks => {
+            Err(ReconcileError::OtherInstance { key, webhooks })
+        }
+        _ => Ok(()),
+    }
+}
 
 static TAKE_LEASE: OwnTablesSql = OwnTablesSql::new(
     r#"
@@ -348,6 +382,7 @@ pub async fn run(
         }
     };
     let complete_scan = options.since_ms.is_none() && summary.resumed_from.is_none();
+    check_instance(store, clerk, interval).await?;
     // Only for progress: a pass goes on without it.
     summary.clerk_total = call_clerk(interval, || clerk.count_users()).await.ok();
     let mut seen: HashSet<String> = HashSet::new();

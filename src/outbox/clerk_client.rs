@@ -224,6 +224,28 @@ impl ClerkClient {
 }
 
 impl ClerkClient {
+    /// The id of the Clerk instance the secret key belongs to: `GET /v1/instance`
+    /// (`ins_…`). `None` when the API has no such endpoint (404).
+    pub async fn instance_id(&self) -> Result<Option<String>, DeliveryError> {
+        let response = self
+            .http
+            .get(self.url("/v1/instance"))
+            .bearer_auth(&self.secret_key.0)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(self.failure(response).await);
+        }
+        let body: serde_json::Value = response.json().await.map_err(|_| {
+            DeliveryError::Permanent("Clerk API answered an instance that is not JSON".to_owned())
+        })?;
+        Ok(body["id"].as_str().map(str::to_owned))
+    }
+
     /// How many users Clerk has: `GET /v1/users/count` (for a scan's ETA).
     pub async fn count_users(&self) -> Result<u64, DeliveryError> {
         let response = self

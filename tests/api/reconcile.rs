@@ -17,7 +17,44 @@ both_backends!(
     a_scan_that_does_not_advance_is_never_reported_complete,
     delete_refuses_to_empty_the_database,
     a_dead_metadata_job_is_healed_and_a_foreign_user_id_reported,
+    a_key_of_another_instance_is_refused_before_anything_changes,
 );
+
+/// Issue #31: the key belongs to another Clerk instance than the applied webhooks: the
+/// pass refuses at once, naming both instances; nothing is listed, created or deleted.
+async fn a_key_of_another_instance_is_refused_before_anything_changes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    let app = TestApp::spawn(&db).await;
+    let (s, _) = status_json(
+        app.post_webhook("msg_here", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    for i in 0..3 {
+        clerk.add_user(clerk_user(i));
+    }
+    clerk.set_instance("ins_2someOtherInstance00000000");
+    let (ok, out, err) = reconcile(&db, &clerk, &["--delete", "--allow-mass-delete"]);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        err.contains("ins_2someOtherInstance00000000") && err.contains(FIXTURE_INSTANCE),
+        "{err}"
+    );
+    assert_eq!(
+        users(&app.store).await.len(),
+        1,
+        "nothing created or deleted"
+    );
+    assert!(!clerk.requests().iter().any(|r| r.path == "/v1/users"));
+
+    // The instance of the webhooks: the pass runs.
+    clerk.set_instance(FIXTURE_INSTANCE);
+    let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(summary(&out)["created"], 3);
+}
 
 /// Issue #31: a metadata job that died (Clerk refused it) leaves Clerk without
 /// `public_metadata.userId`; reconcile sees it missing, revives the job, and the worker

@@ -47,7 +47,12 @@ struct FakeState {
     deleted: std::collections::HashSet<String>,
     /// The next calls answer these statuses with Clerk's error body and this code.
     clerk_errors: VecDeque<(u16, String)>,
+    /// `GET /v1/instance`'s id; `None`: the fixtures' instance.
+    instance_id: Option<String>,
 }
+
+/// The instance of the Clerk fixtures' events (`instance_id`).
+pub const FIXTURE_INSTANCE: &str = "ins_2g7np7Hrk0SN6kj5EDMLDaKNL0S";
 
 /// Clerk's error body, as its Backend API writes it (bapi 2026-05-12 `ClerkErrors`).
 pub fn clerk_error_body(code: &str, message: &str) -> Value {
@@ -80,6 +85,7 @@ impl FakeClerk {
             .route("/v1/users/{id}", axum::routing::get(fake_get_user))
             .route("/v1/users", axum::routing::get(fake_list_users))
             .route("/v1/users/count", axum::routing::get(fake_count_users))
+            .route("/v1/instance", axum::routing::get(fake_instance))
             .with_state(state.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -122,6 +128,11 @@ impl FakeClerk {
             .iter()
             .filter(|r| r.method == "PATCH" && r.path == path && (200..300).contains(&r.status))
             .count()
+    }
+
+    /// The key now belongs to another instance (`GET /v1/instance`).
+    pub fn set_instance(&self, id: &str) {
+        self.state.lock().unwrap().instance_id = Some(id.to_owned());
     }
 
     /// Clerk deleted this user: a metadata update for it answers Clerk's 404.
@@ -420,5 +431,34 @@ async fn fake_count_users(
     answer(
         status,
         serde_json::json!({"object": "total_count", "total_count": n}),
+    )
+}
+
+/// `GET /v1/instance`: the key's instance, in Clerk's `Instance` shape (bapi 2026-05-12).
+/// Recorded, but it takes no scripted status: those are for the calls a test is about.
+async fn fake_instance(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    headers: HeaderMap,
+) -> (StatusCode, HeaderMap, Json<Value>) {
+    let mut s = state.lock().unwrap();
+    s.requests.push(Recorded {
+        method: "GET".to_owned(),
+        path: "/v1/instance".to_owned(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body: Value::Null,
+        at: std::time::Instant::now(),
+        status: 200,
+    });
+    let id = s
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| FIXTURE_INSTANCE.to_owned());
+    answer(
+        StatusCode::OK,
+        serde_json::json!({"object": "instance", "id": id, "environment_type": "development",
+                           "allowed_origins": null, "workspace_id": null}),
     )
 }
