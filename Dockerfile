@@ -19,8 +19,10 @@ RUN touch src/main.rs src/lib.rs \
  && install -m 0755 target/release/clerk-sync /usr/local/bin/clerk-sync
 
 FROM debian:bookworm-slim
-# TLS uses rustls with the webpki roots built in, and SQLite is bundled: the binary needs
-# nothing from the image but libc.
+# TLS uses rustls with the webpki roots built into the binary, for the database (sqlx) and
+# for the Clerk API (outbox/clerk_client.rs), and SQLite is bundled: the binary needs
+# nothing from the image but libc, no ca-certificates (tests/api/startup.rs starts it with
+# an empty CA store and CLERK_SECRET_KEY set).
 RUN useradd --system --uid 10001 --home-dir /data --create-home --shell /usr/sbin/nologin clerk-sync
 COPY --from=build /usr/local/bin/clerk-sync /usr/local/bin/clerk-sync
 USER 10001:10001

@@ -65,6 +65,7 @@ pub enum DeliveryError {
 impl ClerkClient {
     pub fn new(base: Url, secret_key: Redacted<String>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config())
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("clerk-sync/", env!("CARGO_PKG_VERSION")))
@@ -267,6 +268,23 @@ impl ClerkClient {
     }
 }
 
+/// TLS for the Clerk API: rustls with the Mozilla roots of `webpki-roots` built into
+/// the binary, the same roots sqlx uses for the database. reqwest's default verifier
+/// reads the operating system's CA store, which the runtime image (debian:bookworm-slim,
+/// no ca-certificates) does not have: `serve` with CLERK_SECRET_KEY could not start there.
+/// Built in, the roots are the same on every host and in the image, and move with a
+/// release (the crate is updated with the others).
+fn tls_config() -> rustls::ClientConfig {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 /// Clerk's error body: `{"errors": [{"message", "long_message", "code"}], "clerk_trace_id"}`
 /// (bapi 2026-05-12, `ClerkErrors`).
 #[derive(Debug, Default, serde::Deserialize)]
@@ -413,6 +431,27 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_clerk_clients_roots_are_built_in() {
+        let config = tls_config();
+        // The public roots api.clerk.com's chains end in (Let's Encrypt's ISRG and
+        // Google Trust Services) are there, from the binary, whatever the host has.
+        let names: Vec<String> = webpki_roots::TLS_SERVER_ROOTS
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.subject.as_ref()).into_owned())
+            .collect();
+        for root in ["ISRG Root X1", "GTS Root R1"] {
+            assert!(names.iter().any(|n| n.contains(root)), "{root} missing");
+        }
+        assert!(names.len() > 100, "{}", names.len());
+        assert!(config.alpn_protocols.is_empty());
+        ClerkClient::new(
+            Url::parse("https://api.clerk.com").unwrap(),
+            Redacted("sk_test_x".to_owned()),
+        )
+        .expect("builds without reading the system's CA store");
     }
 
     #[test]

@@ -149,7 +149,34 @@ fn a_failed_start_says_the_cause_and_the_fix_once() {
     }
 }
 
-both_backends!(a_ready_server_prints_the_webhook_url_and_where_the_data_is);
+both_backends!(
+    a_ready_server_prints_the_webhook_url_and_where_the_data_is,
+    serve_with_a_clerk_key_starts_with_no_ca_store,
+);
+
+/// Issue #31: the runtime image has no CA certificates. With the system's store empty
+/// (SSL_CERT_FILE and SSL_CERT_DIR naming nothing, as in debian:bookworm-slim) and
+/// CLERK_SECRET_KEY set, `serve` starts: the Clerk client's roots are in the binary.
+/// Before, it exited 1: `could not build the Clerk API client: … No CA certificates were
+/// loaded from the system`.
+async fn serve_with_a_clerk_key_starts_with_no_ca_store(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let no_file = empty.path().join("no-such-bundle.pem");
+    let seen = until_ready(
+        dir.path(),
+        &[
+            ("DATABASE_URL", &db.url),
+            ("CLERK_WEBHOOK_SIGNING_SECRET", SECRET),
+            ("CLERK_SECRET_KEY", "sk_test_no_ca_store_0123456789"),
+            ("SSL_CERT_FILE", no_file.to_str().unwrap()),
+            ("SSL_CERT_DIR", empty.path().to_str().unwrap()),
+        ],
+    );
+    assert!(!seen.contains("Clerk API client"), "{seen}");
+    assert!(seen.contains("ready:"), "{seen}");
+}
 
 /// Start `serve` on a free port in an empty directory and return its stderr up to the
 /// "ready" line, then stop it.
