@@ -581,22 +581,26 @@ pub fn restoring_sql(store: &Store, d: &Drift) -> Option<String> {
                 Store::Sqlite(_) => format!("ALTER TABLE {name} ADD COLUMN {};", col.sqlite_decl()),
             })
         }
-        DriftKind::MissingUnique(index) if !index.ends_with("_pkey") => {
-            let cols = spec
-                .unique
-                .iter()
-                .find(|(n, _)| *n == index)
-                .map(|(_, c)| *c)
-                .unwrap_or_default()
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            Some(format!(
-                "CREATE UNIQUE INDEX IF NOT EXISTS \"{index}\" ON {name}({cols});"
-            ))
-        }
+        DriftKind::MissingUnique(index) if !index.ends_with("_pkey") => Some(format!(
+            "CREATE UNIQUE INDEX IF NOT EXISTS \"{index}\" ON {name}({});",
+            spec.unique_columns_sql(index)
+        )),
         _ => None,
+    }
+}
+
+impl Table {
+    /// The columns of the contract's unique index `index`, quoted and comma separated.
+    pub fn unique_columns_sql(&self, index: &str) -> String {
+        self.unique
+            .iter()
+            .find(|(n, _)| *n == index)
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

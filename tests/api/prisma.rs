@@ -62,6 +62,18 @@ struct PrismaProject {
 
 impl PrismaProject {
     fn new(db: &TestDb) -> Self {
+        let project = Self::as_the_seed_left_it(db);
+        clerk_sync(&[
+            "prisma-schema",
+            "--schema",
+            project.schema.to_str().unwrap(),
+            "--write",
+        ]);
+        project
+    }
+
+    /// The seed's schema and its `0_init`, without `prisma-schema --write`.
+    fn as_the_seed_left_it(db: &TestDb) -> Self {
         // Inside tests/prisma, so that node finds the pinned packages from it.
         let dir = tempfile::Builder::new()
             .prefix("project-")
@@ -87,12 +99,6 @@ impl PrismaProject {
             init_sql["stdout"].as_str().unwrap(),
         )
         .unwrap();
-        clerk_sync(&[
-            "prisma-schema",
-            "--schema",
-            schema.to_str().unwrap(),
-            "--write",
-        ]);
         Self {
             _dir: dir,
             schema,
@@ -306,34 +312,9 @@ async fn a_prisma_migration_from_a_schema_without_clerk_syncs_fields_is_caught()
     let db = TestDb::new(Backend::Postgres).await;
     // The project as the README's "clerk-sync first" steps leave it, but with the seed's
     // schema.prisma as it was, without `prisma-schema --write`.
-    let dir = tempfile::Builder::new()
-        .prefix("project-")
-        .tempdir_in("tests/prisma")
-        .unwrap();
-    let schema = dir.path().join("schema.prisma");
-    std::fs::copy(SEED_SCHEMA, &schema).unwrap();
-    let migrations = dir.path().join("migrations");
-    std::fs::create_dir_all(migrations.join("0_init")).unwrap();
-    std::fs::write(
-        migrations.join("migration_lock.toml"),
-        "provider = \"postgresql\"\n",
-    )
-    .unwrap();
-    let init_sql = engine(
-        "diff",
-        json!({"url": db.url, "schema": schema, "from": "empty", "to": {"schema": schema}, "script": true}),
-    );
-    std::fs::write(
-        migrations.join("0_init/migration.sql"),
-        init_sql["stdout"].as_str().unwrap(),
-    )
-    .unwrap();
-    std::fs::create_dir_all(migrations.join("1_clerk_sync")).unwrap();
-    std::fs::write(
-        migrations.join("1_clerk_sync/migration.sql"),
-        clerk_sync(&["prisma-schema", "--migration"]),
-    )
-    .unwrap();
+    let project = PrismaProject::as_the_seed_left_it(&db);
+    project.add_clerk_sync_migration();
+    let (schema, migrations) = (project.schema.clone(), project.migrations.clone());
     let args = json!({"url": db.url, "schema": schema, "migrations": migrations});
     clerk_sync(&["migrate", "--database-url", &db.url]);
     let mut resolve = args.clone();

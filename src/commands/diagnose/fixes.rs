@@ -62,22 +62,13 @@ pub(crate) fn fix_for(store: &Store, catalog: &Catalog, d: &Drift) -> Option<Fix
         (DriftKind::WrongType(_) | DriftKind::WrongNullability(_), false) => {
             sql(sqlite_rebuild(store, catalog, d.table), false)
         }
-        (DriftKind::MissingUnique(index), _) if index.ends_with("_pkey") => {
-            let cols = table
-                .unique
-                .iter()
-                .find(|(n, _)| n == index)
-                .map(|(_, c)| *c)
-                .unwrap_or_default()
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            sql(
-                format!("ALTER TABLE {name} ADD PRIMARY KEY ({cols});"),
-                false,
-            )
-        }
+        (DriftKind::MissingUnique(index), _) if index.ends_with("_pkey") => sql(
+            format!(
+                "ALTER TABLE {name} ADD PRIMARY KEY ({});",
+                table.unique_columns_sql(index)
+            ),
+            false,
+        ),
         (DriftKind::MissingUnique(_), _) => sql(schema::restoring_sql(store, d)?, true),
     }
 }

@@ -209,9 +209,22 @@ fn record(
     headers: &HeaderMap,
     body: Value,
 ) -> StatusCode {
-    let mut s = state.lock().unwrap();
-    let status = s.script.pop_front().unwrap_or(200);
-    s.requests.push(Recorded {
+    let scripted = state.lock().unwrap().script.pop_front().unwrap_or(200);
+    let status = StatusCode::from_u16(scripted).unwrap();
+    record_answered(state, method, path, headers, body, status);
+    status
+}
+
+/// Record a call answered with `status`, whatever the script says.
+fn record_answered(
+    state: &Mutex<FakeState>,
+    method: &str,
+    path: String,
+    headers: &HeaderMap,
+    body: Value,
+    status: StatusCode,
+) {
+    state.lock().unwrap().requests.push(Recorded {
         method: method.to_owned(),
         path,
         authorization: headers
@@ -220,9 +233,8 @@ fn record(
             .map(str::to_owned),
         body,
         at: std::time::Instant::now(),
-        status,
+        status: status.as_u16(),
     });
-    StatusCode::from_u16(status).unwrap()
 }
 
 async fn fake_patch_metadata(
@@ -241,18 +253,7 @@ async fn fake_patch_metadata(
     {
         let status = StatusCode::from_u16(status).unwrap();
         let path = format!("/v1/users/{id}/metadata");
-        let mut s = state.lock().unwrap();
-        s.requests.push(Recorded {
-            method: "PATCH".to_owned(),
-            path,
-            authorization: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            body,
-            at: std::time::Instant::now(),
-            status: status.as_u16(),
-        });
+        record_answered(&state, "PATCH", path, &headers, body, status);
         return answer(status, clerk_error_body(&code, "fake Clerk error"));
     }
     let status = record(
@@ -440,22 +441,10 @@ async fn fake_instance(
     State(state): State<Arc<Mutex<FakeState>>>,
     headers: HeaderMap,
 ) -> (StatusCode, HeaderMap, Json<Value>) {
-    let mut s = state.lock().unwrap();
-    s.requests.push(Recorded {
-        method: "GET".to_owned(),
-        path: "/v1/instance".to_owned(),
-        authorization: headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        body: Value::Null,
-        at: std::time::Instant::now(),
-        status: 200,
-    });
-    let id = s
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| FIXTURE_INSTANCE.to_owned());
+    let path = "/v1/instance".to_owned();
+    record_answered(&state, "GET", path, &headers, Value::Null, StatusCode::OK);
+    let id = state.lock().unwrap().instance_id.clone();
+    let id = id.unwrap_or_else(|| FIXTURE_INSTANCE.to_owned());
     answer(
         StatusCode::OK,
         serde_json::json!({"object": "instance", "id": id, "environment_type": "development",
