@@ -415,15 +415,7 @@ async fn lazy_provisioning_asks_clerk_once_per_user(backend: Backend) {
     clerk.add_user(fixture_json("clerk-user-created.json")["data"].clone());
     // Clerk's latency: the calls overlap.
     clerk.delay_every_call(std::time::Duration::from_millis(200));
-    let app = TestApp::spawn_with(
-        &db,
-        AppOptions {
-            clerk_api_url: Some(clerk.url.clone()),
-            clerk_secret_key: Some(FakeClerk::KEY.to_owned()),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(&db, clerk.app_options()).await;
     let gets = |id: &str| {
         let path = format!("/v1/users/{id}");
         clerk

@@ -62,15 +62,7 @@ async fn a_key_of_another_instance_is_refused_before_anything_changes(backend: B
 async fn a_dead_metadata_job_is_healed_and_a_foreign_user_id_reported(backend: Backend) {
     let db = TestDb::new(backend).await;
     let clerk = FakeClerk::start().await;
-    let app = TestApp::spawn_with(
-        &db,
-        AppOptions {
-            clerk_api_url: Some(clerk.url.clone()),
-            clerk_secret_key: Some(FakeClerk::KEY.to_owned()),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(&db, clerk.app_options()).await;
     let mut healed = clerk_user(1);
     healed["id"] = json!("user_healed");
     let mut foreign = clerk_user(2);
@@ -203,15 +195,7 @@ async fn a_scan_that_does_not_advance_is_never_reported_complete(backend: Backen
     let db = TestDb::new(backend).await;
     let clerk = FakeClerk::start().await;
     clerk.ignore_starting_after();
-    let app = TestApp::spawn(&db).await;
-    let (s, _) = status_json(app.post_webhook("msg_gone", &created_for("gone")).await).await;
-    assert_eq!(s, 200);
-    for i in 0..600 {
-        let mut user = clerk_user(i);
-        user["created_at"] = json!(T0);
-        user["updated_at"] = json!(T0);
-        clerk.add_user(user);
-    }
+    let app = one_local_user_and_600_clerk_users_of_one_millisecond(&db, &clerk).await;
     let (ok, out, err) = reconcile(&db, &clerk, &["--delete"]);
     assert!(!ok, "a stalled scan exited 0: {out}{err}");
     assert!(
@@ -230,15 +214,13 @@ async fn a_scan_that_does_not_advance_is_never_reported_complete(backend: Backen
     );
 }
 
-/// Imports set `created_at`: 600 users created in one millisecond, more than a page.
-/// Clerk's `starting_after` cursor pages through them all; the pass is complete (the
-/// deleted-user check runs and finds the one local user Clerk lacks), and a second pass
-/// changes nothing.
-async fn six_hundred_users_of_one_millisecond_are_all_reconciled_once(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let clerk = FakeClerk::start().await;
-    let app = TestApp::spawn(&db).await;
-    // A local user Clerk no longer has: only a complete scan may report it.
+/// A local user Clerk no longer has (`user_gone`: only a complete scan may report it),
+/// and 600 Clerk users created in one millisecond (imports set `created_at`).
+async fn one_local_user_and_600_clerk_users_of_one_millisecond(
+    db: &TestDb,
+    clerk: &FakeClerk,
+) -> TestApp {
+    let app = TestApp::spawn(db).await;
     let (s, _) = status_json(app.post_webhook("msg_gone", &created_for("gone")).await).await;
     assert_eq!(s, 200);
     for i in 0..600 {
@@ -247,6 +229,17 @@ async fn six_hundred_users_of_one_millisecond_are_all_reconciled_once(backend: B
         user["updated_at"] = json!(T0);
         clerk.add_user(user);
     }
+    app
+}
+
+/// Imports set `created_at`: 600 users created in one millisecond, more than a page.
+/// Clerk's `starting_after` cursor pages through them all; the pass is complete (the
+/// deleted-user check runs and finds the one local user Clerk lacks), and a second pass
+/// changes nothing.
+async fn six_hundred_users_of_one_millisecond_are_all_reconciled_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let clerk = FakeClerk::start().await;
+    let app = one_local_user_and_600_clerk_users_of_one_millisecond(&db, &clerk).await;
     let (ok, out, err) = reconcile(&db, &clerk, &["--json"]);
     assert!(ok, "{out}{err}");
     let first = summary(&out);

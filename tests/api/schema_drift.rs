@@ -37,6 +37,14 @@ CREATE TABLE "_prisma_migrations" (
 INSERT INTO "_prisma_migrations" ("id", "checksum", "finished_at", "migration_name", "applied_steps_count")
 VALUES ('m0', 'c0', now() - interval '1 day', '20261101000000_init', 1);"#;
 
+/// Only a failing statement can prompt a check within a test.
+fn checks_an_hour_apart() -> AppOptions {
+    AppOptions {
+        schema_check_interval_ms: Some(3_600_000),
+        ..AppOptions::default()
+    }
+}
+
 fn fast_checks() -> AppOptions {
     AppOptions {
         schema_check_interval_ms: Some(200),
@@ -56,6 +64,31 @@ async fn readiness_until(app: &TestApp, status: u16) -> Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("/readyz never answered {status}: {last:#}");
+}
+
+/// 8 concurrent consumes of 1 for each of 10 keys (`{round}-0` … `{round}-9`), split
+/// over the replicas: each answer's status and body.
+async fn duplicate_consumes(apps: &[TestApp], round: &str) -> Vec<(u16, Value)> {
+    let sends: Vec<_> = (0..80)
+        .map(|i| {
+            let app = &apps[i % apps.len()];
+            tokio::spawn(
+                app.http
+                    .post(format!(
+                        "{}/v1/users/{CLERK_ID}/credits/consume",
+                        app.address
+                    ))
+                    .bearer_auth(API_KEY)
+                    .json(&json!({"amount": 1, "idempotencyKey": format!("{round}-{}", i % 10)}))
+                    .send(),
+            )
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for s in sends {
+        answers.push(status_json(s.await.unwrap().unwrap()).await);
+    }
+    answers
 }
 
 fn missing_whats(readiness: &Value) -> Vec<String> {
@@ -231,31 +264,7 @@ async fn a_dropped_idempotency_index_refuses_consumes_and_never_debits_twice(bac
         );
     }
 
-    // 8 concurrent consumes of each of 10 keys, split over the replicas.
-    let burst = |apps: &[TestApp], round: &str| {
-        let sends: Vec<_> = (0..80)
-            .map(|i| {
-                let app = &apps[i % apps.len()];
-                app.http
-                    .post(format!(
-                        "{}/v1/users/{CLERK_ID}/credits/consume",
-                        app.address
-                    ))
-                    .bearer_auth(API_KEY)
-                    .json(&json!({"amount": 1, "idempotencyKey": format!("{round}-{}", i % 10)}))
-                    .send()
-            })
-            .map(tokio::spawn)
-            .collect::<Vec<_>>();
-        async move {
-            let mut answers = Vec::new();
-            for s in sends {
-                answers.push(status_json(s.await.unwrap().unwrap()).await);
-            }
-            answers
-        }
-    };
-    let answers = burst(&apps, "drift").await;
+    let answers = duplicate_consumes(&apps, "drift").await;
     assert!(
         answers
             .iter()
@@ -282,7 +291,7 @@ async fn a_dropped_idempotency_index_refuses_consumes_and_never_debits_twice(bac
     for app in &apps {
         readiness_until(app, 200).await;
     }
-    let answers = burst(&apps, "whole").await;
+    let answers = duplicate_consumes(&apps, "whole").await;
     assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
     assert_eq!(apps[0].credits_of(CLERK_ID).await, (10, 10, 20));
     let ledger = ledger(&apps[0].store).await;
@@ -350,14 +359,7 @@ async fn a_dropped_ledger_trigger_is_reported_and_reinstalled(backend: Backend) 
 /// at once.
 async fn a_failing_statement_prompts_the_check_at_once(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let app = TestApp::spawn_with(
-        &db,
-        AppOptions {
-            schema_check_interval_ms: Some(3_600_000),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(&db, checks_an_hour_apart()).await;
     readiness_until(&app, 200).await;
     db.exec(match backend {
         // A type the service cannot write: "photo" is text in the contract.
@@ -399,16 +401,7 @@ async fn a_dropped_idempotency_index_never_lets_a_key_debit_twice_before_any_che
     };
     let mut apps = Vec::new();
     for _ in 0..replicas {
-        apps.push(
-            TestApp::spawn_with(
-                &db,
-                AppOptions {
-                    schema_check_interval_ms: Some(3_600_000),
-                    ..AppOptions::default()
-                },
-            )
-            .await,
-        );
+        apps.push(TestApp::spawn_with(&db, checks_an_hour_apart()).await);
     }
     let (s, _) = status_json(
         apps[0]
@@ -434,25 +427,7 @@ async fn a_dropped_idempotency_index_never_lets_a_key_debit_twice_before_any_che
 
     db.exec(r#"DROP INDEX "Transaction_userId_idempotencyKey_key""#)
         .await;
-    let sends: Vec<_> = (0..80)
-        .map(|i| {
-            let app = &apps[i % apps.len()];
-            tokio::spawn(
-                app.http
-                    .post(format!(
-                        "{}/v1/users/{CLERK_ID}/credits/consume",
-                        app.address
-                    ))
-                    .bearer_auth(API_KEY)
-                    .json(&json!({"amount": 1, "idempotencyKey": format!("race-{}", i % 10)}))
-                    .send(),
-            )
-        })
-        .collect();
-    let mut answers = Vec::new();
-    for s in sends {
-        answers.push(status_json(s.await.unwrap().unwrap()).await);
-    }
+    let answers = duplicate_consumes(&apps, "race").await;
     let ledger = ledger(&apps[0].store).await;
     for k in 0..10 {
         let key = format!("race-{k}");
@@ -505,14 +480,7 @@ async fn a_dropped_idempotency_index_never_lets_a_key_debit_twice_before_any_che
 /// writes after, so it goes on.
 async fn a_dropped_email_index_refuses_signups_before_any_check(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let app = TestApp::spawn_with(
-        &db,
-        AppOptions {
-            schema_check_interval_ms: Some(3_600_000),
-            ..AppOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn_with(&db, checks_an_hour_apart()).await;
     let (s, _) = status_json(app.post_webhook("msg_a", &created_for("ada")).await).await;
     assert_eq!(s, 200);
     db.exec(r#"DROP INDEX "User_email_key""#).await;

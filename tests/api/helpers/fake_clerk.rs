@@ -130,6 +130,15 @@ impl FakeClerk {
             .count()
     }
 
+    /// The service's options for talking to this fake (its URL and key).
+    pub fn app_options(&self) -> super::AppOptions {
+        super::AppOptions {
+            clerk_api_url: Some(self.url.clone()),
+            clerk_secret_key: Some(Self::KEY.to_owned()),
+            ..super::AppOptions::default()
+        }
+    }
+
     /// The key now belongs to another instance (`GET /v1/instance`).
     pub fn set_instance(&self, id: &str) {
         self.state.lock().unwrap().instance_id = Some(id.to_owned());
