@@ -1,6 +1,6 @@
 # clerk-sync as a container: built in one stage, run in a small Debian as a non-root
 # user. With no DATABASE_URL it keeps SQLite in /data (mount a volume there); in
-# production give it DATABASE_URL (and DIRECT_URL on Neon) and CLERK_* (README: Container).
+# production give it DATABASE_URL (and DIRECT_URL on Neon) and CLERK_* (docs/operations.md, Container).
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src

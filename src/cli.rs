@@ -25,7 +25,7 @@ pub struct Cli {
     pub log_format: Option<LogFormat>,
 
     /// Threads that run requests and database work. Default: one per core, one fewer when
-    /// DATABASE_URL is a PostgreSQL on this machine (README: Performance).
+    /// DATABASE_URL is a PostgreSQL on this machine (bench/README.md).
     #[arg(
         long,
         env = "TOKIO_WORKER_THREADS",

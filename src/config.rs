@@ -26,7 +26,7 @@ fn invalid(var: &'static str, problem: impl ToString) -> ConfigError {
 /// Worker threads when `TOKIO_WORKER_THREADS` is not set: one per core, but one fewer
 /// when the database is a PostgreSQL on this machine. Each signup and consume statement
 /// runs in one PostgreSQL backend, the serial part of the path, and a worker of ours on
-/// every core takes CPU from it (README: Performance, measured on 2 cores: one worker did
+/// every core takes CPU from it (bench/README.md, measured on 2 cores: one worker did
 /// as many to 21% more signups per second, and 4–18% more consumes). SQLite runs inside the process; a remote database does
 /// not compete for the cores.
 pub fn default_worker_threads(database: Option<&DatabaseUrl>, cores: usize) -> usize {

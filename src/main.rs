@@ -15,7 +15,7 @@ use clerk_sync::{dev_secret, telemetry};
 
 /// mimalloc instead of glibc's malloc: a signup allocates and frees many small buffers
 /// (request, JSON, statement arguments) across worker threads, and glibc's
-/// malloc/free were about 12% of the service's CPU in a profile (README: Performance).
+/// malloc/free were about 12% of the service's CPU in a profile (bench/README.md).
 /// Built with `no_thp`: mimalloc does not ask for transparent huge pages, which put 10 of
 /// an idle service's 11.5 MB of anonymous memory in 2 MB pages it barely used.
 #[global_allocator]

@@ -5,7 +5,7 @@
 //! The service knows what it needs of the schema (`store::contract`: the tables, their
 //! columns and types, the unique indexes its exactly-once guarantees rest on, the ledger
 //! trigger). [`check`] compares the catalog with it: two catalog queries and a trigger
-//! lookup on PostgreSQL (5–7 ms of database time here, README: Schema drift), a few
+//! lookup on PostgreSQL (5–7 ms of database time here, docs/operations.md, Schema drift), a few
 //! `pragma` reads on SQLite. [`run`] checks
 //! at start, every `SCHEMA_CHECK_INTERVAL`, and at once when a statement fails for want
 //! of a table, column, index or type (`store::contract::alarm`).

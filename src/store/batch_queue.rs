@@ -6,7 +6,7 @@
 //! service is quiet.
 //!
 //! One statement at a time per queue, from a task spawned when work arrives and ended when
-//! the queue is empty. Measured on 2 cores (README, Performance): for signups one queue
+//! the queue is empty. Measured on 2 cores (bench/README.md): for signups one queue
 //! beat one per pooled connection, whose smaller batches each paid a plan and a commit;
 //! for consumes one statement at a time beat two to four running at once (about 6,000
 //! against 4,000 req/s at C = 16), and so it did for signups (4,188–4,887 against

@@ -486,7 +486,7 @@ pub fn now() -> chrono::NaiveDateTime {
 /// from the thread's cryptographic generator (ChaCha).
 ///
 /// Time first, so that a new row's key lands at the right-hand end of its B-tree index,
-/// as Prisma's cuids do, instead of on a random page. Measured (README, Performance):
+/// as Prisma's cuids do, instead of on a random page. Measured (bench/README.md):
 /// SQLite signups 17–48% faster; on PostgreSQL 6–14% less CPU per signup, and on a
 /// database of a million signups just after a checkpoint 3.8–4.0 KB of WAL per signup
 /// (full-page images of the random pages dirtied) fell to 2.7–2.9 KB. Like Prisma's, an

@@ -51,7 +51,7 @@ fn clerk_sync(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The app's Prisma project as the README's steps leave it: the seed's schema with
+/// The app's Prisma project as docs/prisma.md's steps leave it: the seed's schema with
 /// `clerk-sync prisma-schema --write` applied, and its migrations: `0_init` as Prisma
 /// Migrate generated it from the seed's schema, then clerk-sync's migration.
 struct PrismaProject {
@@ -180,7 +180,7 @@ async fn prisma_is_in_sync_when_clerk_sync_migrated_first() {
     clerk_sync(&["migrate", "--database-url", &db.url]);
     project.add_clerk_sync_migration();
 
-    // What Prisma says before the baseline, as the README describes.
+    // What Prisma says before the baseline, as docs/prisma.md describes.
     let refused = node("engine.mjs", "deploy", project.args(&db)).unwrap_err();
     assert!(
         refused.contains("P3005") || refused.contains("not empty"),
@@ -310,7 +310,7 @@ async fn prisma_client_spends_directly_and_the_ledger_stays_true() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prisma_migration_from_a_schema_without_clerk_syncs_fields_is_caught() {
     let db = TestDb::new(Backend::Postgres).await;
-    // The project as the README's "clerk-sync first" steps leave it, but with the seed's
+    // The project as docs/prisma.md's "clerk-sync first" steps leave it, but with the seed's
     // schema.prisma as it was, without `prisma-schema --write`.
     let project = PrismaProject::as_the_seed_left_it(&db);
     project.add_clerk_sync_migration();
