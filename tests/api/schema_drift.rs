@@ -91,6 +91,31 @@ async fn duplicate_consumes(apps: &[TestApp], round: &str) -> Vec<(u16, Value)> 
     answers
 }
 
+/// Two replicas on one PostgreSQL (SQLite is one process), and the fixture's user
+/// signed up through the first.
+async fn replicas_with_the_fixture_user(
+    db: &TestDb,
+    backend: Backend,
+    options: fn() -> AppOptions,
+) -> Vec<TestApp> {
+    let replicas = match backend {
+        Backend::Postgres => 2,
+        Backend::Sqlite => 1,
+    };
+    let mut apps = Vec::new();
+    for _ in 0..replicas {
+        apps.push(TestApp::spawn_with(db, options()).await);
+    }
+    let (s, _) = status_json(
+        apps[0]
+            .post_webhook("msg_signup", &fixture("clerk-user-created.json"))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    apps
+}
+
 fn missing_whats(readiness: &Value) -> Vec<String> {
     readiness["schema"]["missing"]
         .as_array()
@@ -236,22 +261,7 @@ async fn a_dropped_column_is_named_refused_and_recovered_without_restart(backend
 
 async fn a_dropped_idempotency_index_refuses_consumes_and_never_debits_twice(backend: Backend) {
     let db = TestDb::new(backend).await;
-    // Two replicas on one PostgreSQL; SQLite is one process.
-    let replicas = match backend {
-        Backend::Postgres => 2,
-        Backend::Sqlite => 1,
-    };
-    let mut apps = Vec::new();
-    for _ in 0..replicas {
-        apps.push(TestApp::spawn_with(&db, fast_checks()).await);
-    }
-    let (s, _) = status_json(
-        apps[0]
-            .post_webhook("msg_signup", &fixture("clerk-user-created.json"))
-            .await,
-    )
-    .await;
-    assert_eq!(s, 200);
+    let apps = replicas_with_the_fixture_user(&db, backend, fast_checks).await;
 
     db.exec(r#"DROP INDEX "Transaction_userId_idempotencyKey_key""#)
         .await;
@@ -395,21 +405,8 @@ async fn a_dropped_idempotency_index_never_lets_a_key_debit_twice_before_any_che
     backend: Backend,
 ) {
     let db = TestDb::new(backend).await;
-    let replicas = match backend {
-        Backend::Postgres => 2,
-        Backend::Sqlite => 1,
-    };
-    let mut apps = Vec::new();
-    for _ in 0..replicas {
-        apps.push(TestApp::spawn_with(&db, checks_an_hour_apart()).await);
-    }
-    let (s, _) = status_json(
-        apps[0]
-            .post_webhook("msg_signup", &fixture("clerk-user-created.json"))
-            .await,
-    )
-    .await;
-    assert_eq!(s, 200);
+    let apps = replicas_with_the_fixture_user(&db, backend, checks_an_hour_apart).await;
+    let replicas = apps.len();
     // Warm every replica's statement (and its cached plan) first.
     for (i, app) in apps.iter().enumerate() {
         for k in 0..3 {
